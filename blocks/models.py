@@ -1,0 +1,21 @@
+"""The models Block: where model folders live, which device to use, and the Hugging Face token."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+
+class VoxflowModels(Block):
+    """How voxflow finds and runs models."""
+
+    _block_type_name = "voxflow-models"
+    _description = "voxflow models: local model folder, device, and a Hugging Face token for gated models."
+
+    model_dir: str | None = Field(
+        default=None, description="Folder holding the models in each library's layout (VOXFLOW_MODEL_DIR)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when present.")
+    hf_token: SecretStr | None = Field(default=None, description="Hugging Face token (pyannote models are gated).")

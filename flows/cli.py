@@ -1,0 +1,156 @@
+"""The ``voxflow`` command line: runs flows in-process on the embedded defaults or a chosen store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console logs (and their tracebacks) off the terminal unless -v; the API keeps them."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _print_rows(rows: list[dict], columns: Sequence[str]) -> None:
+    widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.ingest import FilesFailed, ingest
+    from tasks.ingest import IngestOptions
+
+    given = {"sample_rate_hz": args.sample_rate_hz, "resample_quality": args.resample_quality}
+    if args.keep_channels:
+        given["mono"] = False
+    options = IngestOptions(**{k: v for k, v in given.items() if v is not None})
+    flow = ingest.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs)) if args.jobs else ingest
+    try:
+        report = flow(paths=args.paths, options=options, storage_block=args.storage_block)
+    except FilesFailed as e:
+        report = e.report
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    columns = ("file", "status", "duration_s", "sample_rate_hz", "channels", "lufs", "sha256")
+    _print_rows([o.row() for o in report.outcomes], columns)
+    print(report.summary())
+    for outcome in report.failed:
+        print(f"error: {outcome.error}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from flows.environment import store_settings
+    from storage.catalog import Catalog
+    from storage.store import open_store
+
+    frame = Catalog(open_store(store_settings(args.storage_block))).frame(args.table)
+    if args.columns:
+        frame = frame[args.columns.split(",")]
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+        print(frame.tail(args.limit).to_string(index=False) if len(frame) else f"(no rows in {args.table})")
+    return 0
+
+
+def cmd_blocks_register(args: argparse.Namespace) -> int:
+    from blocks import register_block_types
+
+    for slug in register_block_types():
+        print(f"registered block type {slug}")
+    return 0
+
+
+def cmd_blocks_save_storage(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from blocks.storage import VoxflowStorage
+
+    def secret(name: str) -> SecretStr | None:
+        return SecretStr(os.environ[name]) if os.environ.get(name) else None
+
+    block = VoxflowStorage(
+        location=args.location,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        access_key_id=secret("AWS_ACCESS_KEY_ID"),
+        secret_access_key=secret("AWS_SECRET_ACCESS_KEY"),
+        session_token=secret("AWS_SESSION_TOKEN"),
+    )
+    block.save(args.name, overwrite=True)
+    print(f"saved voxflow-storage/{args.name} ({args.location})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve_all
+
+    serve_all()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxflow", description="Prefect-orchestrated speech audio pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs on the terminal")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("ingest", help="decode, measure and store audio files as 16 kHz mono WAV")
+    p.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
+    p.add_argument("--sample-rate-hz", type=int, help="rate of the stored working audio (default 16000)")
+    p.add_argument("--keep-channels", action="store_true", help="do not downmix to mono")
+    p.add_argument("--resample-quality", choices=("QQ", "LQ", "MQ", "HQ", "VHQ"))
+    p.add_argument("--jobs", type=int, help="files processed in parallel")
+    p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = commands.add_parser("catalog", help="print the rows of a catalog table")
+    p.add_argument("table", choices=("files", "artifacts", "segments", "syntheses", "stage_runs"))
+    p.add_argument("--columns", help="comma-separated columns to show")
+    p.add_argument("--limit", type=int, default=50, help="last N rows (default 50)")
+    p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.set_defaults(func=cmd_catalog)
+
+    blocks = commands.add_parser("blocks", help="Prefect Block types for storage and models")
+    block_commands = blocks.add_subparsers(dest="block_command", required=True)
+    p = block_commands.add_parser("register", help="register the voxflow Block types with the Prefect API")
+    p.set_defaults(func=cmd_blocks_register)
+    p = block_commands.add_parser(
+        "save-storage", help="save a voxflow-storage Block (credentials from AWS_ACCESS_KEY_ID etc.)"
+    )
+    p.add_argument("name")
+    p.add_argument("--location", required=True, help="local folder or s3://bucket/prefix")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, Ceph, R2...)")
+    p.add_argument("--region")
+    p.set_defaults(func=cmd_blocks_save_storage)
+
+    p = commands.add_parser("serve", help="serve every flow as a deployment on this machine (flow.serve)")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_prefect(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

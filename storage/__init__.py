@@ -1,0 +1,1 @@
+"""Artifact store (local folder or S3), key layout, sources and the Parquet catalog."""

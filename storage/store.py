@@ -1,0 +1,360 @@
+"""The artifact store: write-once objects under keys, on a local folder or any S3-compatible bucket.
+
+Both backends share one contract:
+
+* ``put_bytes``/``put_file`` write an object atomically and only once: a reader sees the whole object
+  or nothing, and a key that already holds an object is never overwritten (the first write wins;
+  keys are content-addressed, so a second write of the same key carries the same content).
+* every write records the sha256 of the bytes; ``get_bytes(key, sha256=...)`` verifies it on read
+  (S3 objects also carry it in their metadata, checked on every read).
+* errors name the object's URI and the cause (:mod:`storage.errors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from storage.errors import ChecksumMismatch, ObjectNotFound, StorageError, TransientStorageError
+from storage.keys import Location, check_key, parse_location
+from storage.settings import StoreSettings
+
+CHUNK_BYTES = 1 << 20
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a write returns: where the object is and what it holds."""
+
+    uri: str
+    key: str
+    sha256: str
+    size_bytes: int
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(uri: str, data: bytes, expected: str | None) -> bytes:
+    if expected is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ChecksumMismatch(uri, expected, actual)
+    return data
+
+
+class ArtifactStore(ABC):
+    """Write-once objects addressed by keys below one root (a folder or a bucket prefix)."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """The ``file://`` or ``s3://`` URI of a key."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under the key."""
+
+    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
+        """Store a local file under the key (streamed; multipart on S3 when large)."""
+        size = os.path.getsize(path)
+        digest = sha256 or sha256_file(path)
+        with open(path, "rb") as f:
+            return self._put_stream(key, f, size, digest)
+
+    @abstractmethod
+    def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
+        """Read a whole object, verifying its sha256 when known."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys that start with ``prefix``, sorted; temporary files are never listed."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object (for maintenance and tests; stages never modify objects)."""
+
+    @abstractmethod
+    def pyarrow_filesystem(self) -> tuple[object, str]:
+        """A ``pyarrow.fs`` filesystem and the root path in it, for dataset scans."""
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Store bytes under the key."""
+        return self._put_stream(key, io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
+
+    @abstractmethod
+    def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
+        """Write a stream whose size and sha256 are known."""
+
+
+class LocalStore(ArtifactStore):
+    """A folder: writes go to a hidden temporary file in the target folder, then a no-clobber link."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
+        target = self._path(key)
+        info = ObjectInfo(self.uri(key), key, sha256, size)
+        if target.is_file():
+            return info
+        tmp = target.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(stream, f, CHUNK_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, target)  # atomic and never overwrites: the first writer wins
+            except FileExistsError:
+                pass
+        except OSError as e:
+            raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return info
+
+    def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise ObjectNotFound(path.as_uri()) from e
+        except OSError as e:
+            raise StorageError(path.as_uri(), f"cannot read: {e.strerror or e}") from e
+        return _verify(path.as_uri(), data, sha256)
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith(TMP_PREFIX):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def pyarrow_filesystem(self) -> tuple[object, str]:
+        import pyarrow.fs
+
+        return pyarrow.fs.LocalFileSystem(), str(self.root)
+
+
+class S3Store(ArtifactStore):
+    """A bucket prefix on any S3-compatible endpoint, through boto3.
+
+    Small objects are one ``PutObject``; objects over ``multipart_threshold_bytes`` are a multipart
+    upload that becomes visible only when completed (an interrupted one is aborted). Every object
+    carries its sha256 in the ``x-amz-meta-sha256`` header.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        settings: StoreSettings | None = None,
+        multipart_threshold_bytes: int = 64 << 20,
+        multipart_chunk_bytes: int = 16 << 20,
+        max_attempts: int = 5,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.settings = settings or StoreSettings(location=f"s3://{bucket}/{self.prefix}")
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.multipart_chunk_bytes = multipart_chunk_bytes
+        self.max_attempts = max_attempts
+
+    def __repr__(self) -> str:
+        return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={self.settings.endpoint_url!r})"
+
+    @cached_property
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=s.endpoint_url,
+            region_name=s.region,
+            aws_access_key_id=s.access_key_id,
+            aws_secret_access_key=s.secret_access_key,
+            aws_session_token=s.session_token,
+            config=Config(retries={"mode": "standard", "max_attempts": self.max_attempts}),
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _error(self, key: str, action: str, e: Exception, uri: str | None = None) -> StorageError:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        uri = uri or self.uri(key)
+        if isinstance(e, ClientError):
+            error = e.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return ObjectNotFound(uri)
+            reason = f"cannot {action}: {code} {error.get('Message', '')}".strip()
+            if code == "NoSuchBucket":
+                reason = f"cannot {action}: bucket {self.bucket!r} does not exist"
+            transient = status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
+            return (TransientStorageError if transient else StorageError)(uri, reason)
+        if isinstance(e, BotoCoreError):
+            return TransientStorageError(uri, f"cannot {action}: {e}")
+        return StorageError(uri, f"cannot {action}: {e}")
+
+    def _head(self, key: str) -> dict | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as e:
+            error = self._error(key, "read metadata", e)
+            if isinstance(error, ObjectNotFound):
+                return None
+            raise error from e
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        info = ObjectInfo(self.uri(key), key, sha256, size)
+        if self._head(key) is not None:
+            return info
+        try:
+            if size < self.multipart_threshold_bytes:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=stream.read(), Metadata={"sha256": sha256}
+                )
+            else:
+                config = TransferConfig(
+                    multipart_threshold=self.multipart_threshold_bytes,
+                    multipart_chunksize=self.multipart_chunk_bytes,
+                    use_threads=False,
+                )
+                self.client.upload_fileobj(
+                    stream, self.bucket, self._key(key), ExtraArgs={"Metadata": {"sha256": sha256}}, Config=config
+                )
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(key, "write", e) from e
+        except Exception as e:  # boto3's transfer manager wraps failures in its own types
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                raise self._error(key, "write", cause) from e
+            raise StorageError(info.uri, f"cannot write: {e}") from e
+        return info
+
+    def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(key, "read", e) from e
+        recorded = response.get("Metadata", {}).get("sha256")
+        _verify(self.uri(key), data, recorded)
+        return _verify(self.uri(key), data, sha256)
+
+    def download(self, key: str, f: BinaryIO) -> tuple[str, int]:
+        """Stream an object into an open file; returns the sha256 and size of the bytes."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        digest, size = hashlib.sha256(), 0
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            for block in iter(lambda: body.read(CHUNK_BYTES), b""):
+                digest.update(block)
+                size += len(block)
+                f.write(block)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(key, "read", e) from e
+        return digest.hexdigest(), size
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if ".." in prefix.split("/") or prefix.startswith("/"):
+            raise ValueError(f"invalid key prefix {prefix!r}")
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    yield item["Key"][strip:]
+        except (ClientError, BotoCoreError) as e:
+            raise self._error("", "list", e, uri=f"s3://{self.bucket}/{full}") from e
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(self.iter_keys(prefix))
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(key, "delete", e) from e
+
+    def pyarrow_filesystem(self) -> tuple[object, str]:
+        import pyarrow.fs
+
+        s = self.settings
+        fs = pyarrow.fs.S3FileSystem(
+            access_key=s.access_key_id,
+            secret_key=s.secret_access_key,
+            session_token=s.session_token,
+            region=s.region or "us-east-1",
+            endpoint_override=s.endpoint_url,
+        )
+        return fs, f"{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def open_store(settings: StoreSettings, **s3_options) -> ArtifactStore:
+    """The store the settings name: a :class:`LocalStore` or an :class:`S3Store`."""
+    location: Location = parse_location(settings.location)
+    if location.scheme == "s3":
+        return S3Store(location.bucket, location.path, settings=settings, **s3_options)
+    return LocalStore(location.path)

@@ -1,0 +1,227 @@
+"""Audio at the edges: decode, encode, resample, loudness. Pure functions, no storage.
+
+In-memory contract: float32 numpy array shaped ``(channels, samples)`` plus ``sample_rate_hz``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SOUNDFILE_FORMATS = ("wav", "flac", "mp3", "ogg", "oga", "aiff", "aif", "w64", "rf64", "caf")
+FFMPEG_FORMATS = ("m4a", "mp4", "aac", "opus", "webm", "wma", "mka")
+SUPPORTED_FORMATS = SOUNDFILE_FORMATS + FFMPEG_FORMATS
+MAX_CHANNELS = 8
+LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block
+ABSOLUTE_GATE_LUFS = -70.0
+RELATIVE_GATE_LU = -10.0
+BS1770_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs; channels past five weigh 1.0
+
+
+class AudioDecodeError(ValueError):
+    """An input file is not decodable audio; the message names the file and the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot decode {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Samples ``(channels, samples)`` float32 in [-1, 1] and how the file stored them."""
+
+    samples: np.ndarray
+    sample_rate_hz: int
+    format: str  # container, upper case: WAV, FLAC, MP3, OGG, M4A, ...
+    subtype: str  # sample encoding: PCM_16, PCM_24, FLOAT, MPEG_LAYER_III, aac, ...
+
+    @property
+    def channels(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.samples.shape[1]
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate_hz
+
+
+def _wav_truncation(data: bytes) -> str | None:
+    """Why a RIFF/WAVE file is truncated, or None when its data chunk is complete.
+
+    libsndfile silently reads what is there when a WAV's data chunk is cut short, so the
+    declared chunk size is checked against the bytes actually present.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        body = offset + 8
+        if chunk_id == b"data":
+            present = len(data) - body
+            if size != 0xFFFFFFFF and size > present:
+                return f"file is truncated: the header declares {size} bytes of audio, only {present} are present"
+            return None
+        offset = body + size + (size & 1)
+    return "file is truncated: no audio data chunk"
+
+
+def _decode_soundfile(data: bytes, name: str) -> DecodedAudio:
+    import soundfile as sf
+
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        samples = f.read(dtype="float32", always_2d=True)
+        return DecodedAudio(np.ascontiguousarray(samples.T), f.samplerate, f.format, f.subtype)
+
+
+def _decode_ffmpeg(path: Path, name: str) -> DecodedAudio:
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise AudioDecodeError(name, "this format needs ffmpeg, which is not installed (apt-get install ffmpeg)")
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=sample_rate,channels,codec_name:format=format_name", "-of", "json", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    info = json.loads(probe.stdout or "{}")
+    if probe.returncode != 0 or not info.get("streams"):
+        reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream found"
+        raise AudioDecodeError(name, f"not a recognised audio format ({reason.split(': ')[-1]})")
+    stream = info["streams"][0]
+    channels, rate = int(stream["channels"]), int(stream["sample_rate"])
+    decoded = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+        capture_output=True,
+    )  # fmt: skip
+    if decoded.returncode != 0:
+        raise AudioDecodeError(name, decoded.stderr.decode(errors="replace").strip().splitlines()[-1])
+    samples = np.frombuffer(decoded.stdout, dtype="<f4").reshape(-1, channels).T
+    container = info.get("format", {}).get("format_name", "").split(",")[0].upper()
+    container = "M4A" if path.suffix.lower() in (".m4a", ".mp4") else container
+    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), rate, container, stream.get("codec_name", ""))
+
+
+def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
+    """Decode any supported file (1 to 8 channels, any rate, int16/int24/int32/float).
+
+    soundfile (libsndfile) reads WAV, FLAC, MP3, OGG and friends; other containers (M4A/AAC, Opus,
+    WebM) go through ffmpeg. Raises :class:`AudioDecodeError` naming the file and the reason.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    name = name or path.name
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AudioDecodeError(name, e.strerror or str(e)) from e
+    if not data:
+        raise AudioDecodeError(name, "file is empty")
+    truncation = _wav_truncation(data)
+    if truncation:
+        raise AudioDecodeError(name, truncation)
+    try:
+        audio = _decode_soundfile(data, name)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        if path.suffix.lower().lstrip(".") in SOUNDFILE_FORMATS and "not recognised" not in str(e):
+            raise AudioDecodeError(name, str(e).split(": ", 1)[-1]) from e
+        audio = _decode_ffmpeg(path, name)
+    if audio.frames == 0:
+        raise AudioDecodeError(name, "file holds no audio samples")
+    if not 1 <= audio.channels <= MAX_CHANNELS:
+        raise AudioDecodeError(name, f"{audio.channels} channels; 1 to {MAX_CHANNELS} are supported")
+    if not np.isfinite(audio.samples).all():
+        raise AudioDecodeError(name, "samples contain NaN or infinity")
+    return audio
+
+
+def encode_wav(samples: np.ndarray, sample_rate_hz: int, subtype: str = "FLOAT") -> bytes:
+    """WAV bytes of a ``(channels, samples)`` array (32-bit float by default)."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.ascontiguousarray(samples.T), sample_rate_hz, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
+def decode_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    """The ``(channels, samples)`` float32 array and rate of WAV bytes written by :func:`encode_wav`."""
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return np.ascontiguousarray(samples.T), rate
+
+
+def resample(samples: np.ndarray, from_hz: int, to_hz: int, quality: str = "VHQ") -> np.ndarray:
+    """Resample ``(channels, samples)`` with soxr; a no-op when the rates match."""
+    import soxr
+
+    if from_hz == to_hz:
+        return samples
+    out = soxr.resample(np.ascontiguousarray(samples.T), from_hz, to_hz, quality=quality)
+    return np.ascontiguousarray(out.T, dtype=np.float32).reshape(samples.shape[0], -1)
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """The mean of all channels, shaped ``(1, samples)``."""
+    return samples.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+
+
+def integrated_loudness(samples: np.ndarray, sample_rate_hz: int) -> float | None:
+    """ITU-R BS.1770-4 integrated loudness in LUFS; None when shorter than one gating block or silent.
+
+    Same K-weighting and gating as pyloudnorm's ``Meter`` (its filters are used), with the block
+    energies computed from cumulative sums instead of a Python loop, and any channel count: the first
+    five follow BS.1770's L, R, C, Ls, Rs weights, further channels weigh 1.0.
+    """
+    import pyloudnorm
+
+    block = int(LOUDNESS_BLOCK_S * sample_rate_hz)
+    frames = samples.shape[1]
+    if frames < block:
+        return None
+    meter = pyloudnorm.Meter(sample_rate_hz)
+    weighted = np.empty(samples.shape, dtype=np.float64)
+    for ch in range(samples.shape[0]):
+        x = samples[ch].astype(np.float64)
+        for stage in meter._filters.values():
+            x = stage.apply_filter(x)
+        weighted[ch] = x
+    step = 1.0 - meter.overlap
+    blocks = int(np.round((frames / sample_rate_hz - LOUDNESS_BLOCK_S) / (LOUDNESS_BLOCK_S * step))) + 1
+    j = np.arange(blocks)
+    starts = (LOUDNESS_BLOCK_S * (j * step) * sample_rate_hz).astype(int)
+    ends = np.minimum((LOUDNESS_BLOCK_S * (j * step + 1) * sample_rate_hz).astype(int), frames)
+    energy = np.concatenate([np.zeros((samples.shape[0], 1)), np.cumsum(weighted**2, axis=1)], axis=1)
+    z = (energy[:, ends] - energy[:, starts]) / (LOUDNESS_BLOCK_S * sample_rate_hz)  # mean square per block
+    weights = np.array([BS1770_WEIGHTS[c] if c < len(BS1770_WEIGHTS) else 1.0 for c in range(samples.shape[0])])
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(weights @ z)
+        gated = block_lufs >= ABSOLUTE_GATE_LUFS
+        if not gated.any():
+            return None
+        relative = -0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)) + RELATIVE_GATE_LU
+        gated = (block_lufs > relative) & (block_lufs > ABSOLUTE_GATE_LUFS)
+        if not gated.any():
+            return None
+        return float(-0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)))
+
+
+def peak(samples: np.ndarray) -> float:
+    """The largest absolute sample value (linear full scale)."""
+    return float(np.max(np.abs(samples))) if samples.size else 0.0
+
+
+def to_dbfs(value: float) -> float:
+    """Linear full-scale amplitude in dBFS (-inf for zero)."""
+    return float(20.0 * np.log10(value)) if value > 0 else float("-inf")
