@@ -1,0 +1,123 @@
+"""Decoding, resampling, loudness and the ingest compute functions, on synthetic files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from tasks import audio
+from tasks.ingest import IngestOptions, measure, preprocess
+from tests.synth import tone_and_noise, write_audio
+
+
+@pytest.mark.parametrize(
+    "name, subtype, rate, channels",
+    [
+        ("int16.wav", "PCM_16", 16000, 1),
+        ("int24.wav", "PCM_24", 48000, 2),
+        ("int32.wav", "PCM_32", 44100, 2),
+        ("float.wav", "FLOAT", 22050, 1),
+        ("8k.wav", "PCM_16", 8000, 1),
+        ("96k.flac", "PCM_24", 96000, 2),
+        ("surround.wav", "FLOAT", 48000, 6),
+        ("eight.flac", "PCM_16", 32000, 8),
+        ("speech.ogg", "VORBIS", 44100, 2),
+        ("speech.mp3", "MPEG_LAYER_III", 44100, 2),
+    ],
+)
+def test_decode_formats_rates_and_channels(tmp_path, name, subtype, rate, channels):
+    samples = tone_and_noise(channels, rate, 1.0)
+    path = write_audio(tmp_path / name, samples, rate, subtype)
+    decoded = audio.decode_file(path)
+    assert decoded.sample_rate_hz == rate
+    assert decoded.channels == channels
+    assert decoded.samples.dtype == np.float32
+    if subtype in ("VORBIS", "MPEG_LAYER_III"):  # lossy: encoder delay and padding change the length slightly
+        assert abs(decoded.duration_s - 1.0) < 0.06
+    else:
+        assert decoded.frames == samples.shape[1]
+        tolerance = {"PCM_16": 1e-4, "PCM_24": 1e-6}.get(subtype, 1e-7)
+        np.testing.assert_allclose(decoded.samples, samples, atol=tolerance)
+
+
+def test_decode_m4a_through_ffmpeg(tmp_path):
+    path = write_audio(tmp_path / "voice.m4a", tone_and_noise(2, 44100, 1.0), 44100)
+    decoded = audio.decode_file(path)
+    assert (decoded.format, decoded.sample_rate_hz, decoded.channels) == ("M4A", 44100, 2)
+    assert abs(decoded.duration_s - 1.0) < 0.06
+    assert decoded.subtype == "aac"
+
+
+def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path):
+    good = write_audio(tmp_path / "good.wav", tone_and_noise(1, 16000, 1.0), 16000, "PCM_16").read_bytes()
+    (tmp_path / "truncated.wav").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("this is a text file, not audio\n" * 20)
+    (tmp_path / "headeronly.wav").write_bytes(good[:44])
+    expected = {
+        "truncated.wav": "truncated",
+        "empty.wav": "empty",
+        "notes.wav": "not a recognised audio format",
+        "headeronly.wav": "truncated",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(audio.AudioDecodeError) as e:
+            audio.decode_file(tmp_path / name)
+        message = str(e.value)
+        assert message.startswith(f"cannot decode '{name}': ") and reason in message
+        assert "\n" not in message
+
+
+def test_loudness_matches_pyloudnorm(tmp_path):
+    for channels in (1, 2, 5):
+        samples = tone_and_noise(channels, 44100, 3.0, seed=channels)
+        reference = pyloudnorm.Meter(44100).integrated_loudness(samples.T.astype(np.float64))
+        assert audio.integrated_loudness(samples, 44100) == pytest.approx(reference, abs=1e-6)
+
+
+def test_loudness_edge_cases():
+    assert audio.integrated_loudness(np.zeros((1, 16000), np.float32), 16000) is None  # silence
+    assert audio.integrated_loudness(tone_and_noise(1, 16000, 0.2), 16000) is None  # shorter than a block
+    eight = audio.integrated_loudness(tone_and_noise(8, 16000, 2.0), 16000)
+    assert eight is not None and -30 < eight < 0
+    # BS.1770's reference: a full-scale 997 Hz sine in one channel reads -3.01 LUFS
+    t = np.arange(48000 * 5) / 48000
+    sine = np.sin(2 * np.pi * 997 * t).astype(np.float32)[None]
+    assert audio.integrated_loudness(sine, 48000) == pytest.approx(-3.01, abs=0.1)
+
+
+def test_measure_and_preprocess_to_16k_mono():
+    samples = tone_and_noise(2, 44100, 2.0)
+    decoded = audio.DecodedAudio(samples, 44100, "WAV", "FLOAT")
+    stats = measure(decoded)
+    assert (stats.sample_rate_hz, stats.channels, stats.frames) == (44100, 2, 88200)
+    assert stats.duration_s == pytest.approx(2.0)
+    assert stats.peak == pytest.approx(np.abs(samples).max())
+    assert stats.peak_dbfs == pytest.approx(20 * np.log10(stats.peak))
+    working = preprocess(samples, 44100, IngestOptions())
+    assert working.shape == (1, 32000) and working.dtype == np.float32
+    # the downmix of two different tones keeps both (resampling preserves band-limited content)
+    spectrum = np.abs(np.fft.rfft(working[0]))
+    freqs = np.fft.rfftfreq(working.shape[1], 1 / 16000)
+    for tone in (220.0, 440.0):
+        assert spectrum[np.argmin(np.abs(freqs - tone))] > 50 * np.median(spectrum)
+    kept = preprocess(samples, 44100, IngestOptions(sample_rate_hz=22050, mono=False))
+    assert kept.shape == (2, 44100)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="sample_rate_hz"):
+        IngestOptions(sample_rate_hz=100)
+    with pytest.raises(ValueError, match="resample_quality"):
+        IngestOptions(resample_quality="best")
+
+
+def test_wav_encoding_is_float32_and_lossless():
+    samples = tone_and_noise(1, 16000, 0.5)
+    data = audio.encode_wav(samples, 16000)
+    info = sf.info(__import__("io").BytesIO(data))
+    assert (info.subtype, info.samplerate, info.channels) == ("FLOAT", 16000, 1)
+    decoded, rate = audio.decode_wav_bytes(data)
+    np.testing.assert_array_equal(decoded, samples)
