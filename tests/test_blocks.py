@@ -1,0 +1,66 @@
+"""Blocks: register, save and load by name; secrets stay secret; flows take a block name."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import SecretStr
+
+from blocks import VoxflowModels, VoxflowStorage, register_block_types
+from flows.ingest import ingest
+from storage.catalog import Catalog
+from storage.store import open_store
+from tests.conftest import CORPUS
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_register_and_roundtrip_by_name(s3_settings):
+    assert register_block_types() == ["voxflow-storage", "voxflow-models"]
+    VoxflowStorage(
+        location=s3_settings.location,
+        endpoint_url=s3_settings.endpoint_url,
+        region="us-east-1",
+        access_key_id=SecretStr(s3_settings.access_key_id),
+        secret_access_key=SecretStr(s3_settings.secret_access_key),
+    ).save("test-s3", overwrite=True)
+    loaded = VoxflowStorage.load("test-s3")
+    assert loaded.settings() == s3_settings
+    assert s3_settings.secret_access_key not in repr(loaded) + str(loaded)
+
+    VoxflowModels(model_dir="/models", device="cpu", hf_token=SecretStr("hf_secret_token")).save("m", overwrite=True)
+    models = VoxflowModels.load("m")
+    assert models.hf_token.get_secret_value() == "hf_secret_token" and models.device == "cpu"
+
+
+def test_api_shows_secrets_masked(s3_settings):
+    from prefect.client.orchestration import get_client
+
+    VoxflowStorage(location="s3://b/p", secret_access_key=SecretStr("super-secret-value")).save(
+        "masked", overwrite=True
+    )
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_block_document_by_name("masked", "voxflow-storage", include_secrets=False)
+
+    document = asyncio.run(read())
+    assert "super-secret-value" not in str(document.data)
+    assert document.data["secret_access_key"] == "********"
+
+
+def test_flow_uses_the_named_storage_block(s3_settings, monkeypatch):
+    for var in ("VOXFLOW_STORAGE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    VoxflowStorage(
+        location=s3_settings.location,
+        endpoint_url=s3_settings.endpoint_url,
+        region="us-east-1",
+        access_key_id=SecretStr(s3_settings.access_key_id),
+        secret_access_key=SecretStr(s3_settings.secret_access_key),
+    ).save("flow-s3", overwrite=True)
+    report = ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], storage_block="flow-s3")
+    assert report.count("ingested") == 1
+    files = Catalog(open_store(s3_settings)).frame("files")
+    assert list(files["source_name"]) == ["speech.wav"]

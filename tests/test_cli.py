@@ -1,0 +1,71 @@
+"""The ``voxflow`` command as a user runs it: a fresh process on the embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from tests.conftest import CORPUS
+from tests.synth import tone_and_noise, write_audio
+
+JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``voxflow ...`` in a clean environment: ephemeral Prefect API, store in ./.voxflow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    voxflow = Path(sys.executable).with_name("voxflow")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(voxflow), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
+    jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
+    first = run_cli("ingest", jfk)
+    assert first.returncode == 0, first.stderr
+    assert "jfk.flac  ingested" in first.stdout and "1 ingested, 0 cached, 0 failed" in first.stdout
+
+    files_glob = tmp_path / ".voxflow" / "catalog" / "files" / "*.parquet"
+    rows = duckdb.sql(f"SELECT sha256, duration_s, sample_rate_hz, channels FROM read_parquet('{files_glob}')").fetchall()
+    assert rows == [(JFK_SHA256, 11.0, 44100, 2)]
+
+    second = run_cli("ingest", jfk)
+    assert second.returncode == 0, second.stderr
+    assert "jfk.flac  cached" in second.stdout and "0 ingested, 1 cached" in second.stdout
+    frame = pd.concat(pd.read_parquet(p) for p in files_glob.parent.glob("*.parquet"))
+    assert len(frame) == 1  # no row added, even before de-duplication
+
+    shown = run_cli("catalog", "stage_runs", "--columns", "stage,status,cache_hit")
+    assert shown.returncode == 0 and shown.stdout.split().count("True") == 1
+
+
+def test_bad_input_gives_one_line_errors_and_nonzero_exit(run_cli, tmp_path):
+    good = write_audio(tmp_path / "good.wav", tone_and_noise(1, 16000, 1.0), 16000, "PCM_16").read_bytes()
+    (tmp_path / "truncated.wav").write_bytes(good[: len(good) // 3])
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "notes.wav").write_text("hello, I am text\n" * 30)
+    result = run_cli("ingest", "truncated.wav", "empty.wav", "notes.wav")
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert [line.split("'")[1] for line in errors] == ["truncated.wav", "empty.wav", "notes.wav"]
+    assert all(line.startswith("error: cannot decode '") for line in errors)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".voxflow" / "artifacts").exists()
+    assert not (tmp_path / ".voxflow" / "catalog" / "files").exists()
+
+
+def test_missing_path(run_cli):
+    result = run_cli("ingest", "does-not-exist.flac")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("does-not-exist.flac: no such file or folder")

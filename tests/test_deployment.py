@@ -1,0 +1,108 @@
+"""Served deployments against a real ``prefect server start`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from storage.catalog import Catalog
+from storage.store import LocalStore
+from tests.conftest import CORPUS
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not ready after {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real Prefect server (SQLite) on a free loopback port; yields the environment to reach it."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        VOXFLOW_HOME=str(tmp_path / "store"),
+    )
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        health = f"http://127.0.0.1:{port}/api/health"
+        _wait(lambda: urllib.request.urlopen(health, timeout=2).status == 200, 120, "prefect server", server)
+        yield env
+    finally:
+        _stop(server)
+        log.close()
+
+
+def test_served_ingest_deployment_run_from_the_prefect_cli(prefect_server, tmp_path):
+    env = prefect_server
+    log = open(tmp_path / "serve.log", "w")
+    serve = subprocess.Popen(
+        [str(BIN / "voxflow"), "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        api = env["PREFECT_API_URL"]
+
+        def deployment_exists() -> bool:
+            request = urllib.request.Request(f"{api}/deployments/name/ingest/ingest")
+            return urllib.request.urlopen(request, timeout=2).status == 200
+
+        _wait(deployment_exists, 120, "voxflow serve", serve)
+        jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "-p", f"paths={json.dumps([jfk])}",
+             "--watch", "--watch-timeout", "240"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Completed" in run.stdout + run.stderr
+        files = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("files")
+        assert list(files["source_name"]) == ["jfk.flac"]
+        assert files["flow_run_id"].notna().all()
+    finally:
+        _stop(serve)
+        log.close()
