@@ -106,3 +106,17 @@ def test_served_ingest_deployment_run_from_the_prefect_cli(prefect_server, tmp_p
     finally:
         _stop(serve)
         log.close()
+
+
+def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
+    env = prefect_server
+    root = Path(__file__).resolve().parents[1]
+    prefect = str(BIN / "prefect")
+    pool = subprocess.run([prefect, "work-pool", "create", "voxflow", "--type", "process"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
+    assert "ingest/ingest" in listed.stdout
