@@ -16,15 +16,19 @@ from tests.conftest import CORPUS
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+def _save_s3_block(name: str, settings) -> None:
+    VoxflowStorage(
+        location=settings.location,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        access_key_id=SecretStr(settings.access_key_id),
+        secret_access_key=SecretStr(settings.secret_access_key),
+    ).save(name, overwrite=True)
+
+
 def test_register_and_roundtrip_by_name(s3_settings):
     assert register_block_types() == ["voxflow-storage", "voxflow-models"]
-    VoxflowStorage(
-        location=s3_settings.location,
-        endpoint_url=s3_settings.endpoint_url,
-        region="us-east-1",
-        access_key_id=SecretStr(s3_settings.access_key_id),
-        secret_access_key=SecretStr(s3_settings.secret_access_key),
-    ).save("test-s3", overwrite=True)
+    _save_s3_block("test-s3", s3_settings)
     loaded = VoxflowStorage.load("test-s3")
     assert loaded.settings() == s3_settings
     assert s3_settings.secret_access_key not in repr(loaded) + str(loaded)
@@ -53,13 +57,7 @@ def test_api_shows_secrets_masked(s3_settings):
 def test_flow_uses_the_named_storage_block(s3_settings, monkeypatch):
     for var in ("VOXFLOW_STORAGE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var, raising=False)
-    VoxflowStorage(
-        location=s3_settings.location,
-        endpoint_url=s3_settings.endpoint_url,
-        region="us-east-1",
-        access_key_id=SecretStr(s3_settings.access_key_id),
-        secret_access_key=SecretStr(s3_settings.secret_access_key),
-    ).save("flow-s3", overwrite=True)
+    _save_s3_block("flow-s3", s3_settings)
     report = ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], storage_block="flow-s3")
     assert report.count("ingested") == 1
     files = Catalog(open_store(s3_settings)).frame("files")

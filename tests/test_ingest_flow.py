@@ -210,9 +210,28 @@ def test_s3_source_into_s3_store(s3_settings, use_store):
     assert catalog.dataset("artifacts").count_rows() == 2
     assert all(uri.startswith(f"s3://{location.bucket}/store/artifacts/") for uri in catalog.frame("artifacts")["uri"])
     assert ingest(paths=[f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"]).count("cached") == 1
-    # secrets never reach the catalog
+    # secrets never reach the catalog, nor the flow/task runs and logs the Prefect API keeps
     for table in ("files", "artifacts", "stage_runs"):
         assert s3_settings.secret_access_key not in catalog.frame(table).to_csv()
+    assert s3_settings.secret_access_key not in _everything_the_api_recorded()
+
+
+def _everything_the_api_recorded() -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> str:
+        async with get_client() as client:
+            records = [
+                *await client.read_flow_runs(),
+                *await client.read_task_runs(),
+                *await client.read_logs(),
+                *await client.read_artifacts(),
+            ]
+            return "\n".join(r.model_dump_json() for r in records)
+
+    return asyncio.run(read())
 
 
 def test_missing_path_is_a_clear_error(tmp_path, use_store):
