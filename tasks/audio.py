@@ -77,7 +77,7 @@ def _wav_truncation(data: bytes) -> str | None:
     return "file is truncated: no audio data chunk"
 
 
-def _decode_soundfile(data: bytes, name: str) -> DecodedAudio:
+def _decode_soundfile(data: bytes) -> DecodedAudio:
     import soundfile as sf
 
     with sf.SoundFile(io.BytesIO(data)) as f:
@@ -131,7 +131,7 @@ def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
     if truncation:
         raise AudioDecodeError(name, truncation)
     try:
-        audio = _decode_soundfile(data, name)
+        audio = _decode_soundfile(data)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         if path.suffix.lower().lstrip(".") in SOUNDFILE_FORMATS and "not recognised" not in str(e):
             raise AudioDecodeError(name, str(e).split(": ", 1)[-1]) from e

@@ -109,7 +109,7 @@ def _files_row(result: IngestResult, flow_run_id: str | None) -> dict:
         "source_uri": result.source_uri,
         "source_name": result.source_name,
         "size_bytes": result.size_bytes,
-        **{k: v for k, v in asdict(result.stats).items()},
+        **asdict(result.stats),
         "ingest_artifact_uri": result.artifact.uri,
         "flow_run_id": flow_run_id,
     }
