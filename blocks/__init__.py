@@ -1,11 +1,12 @@
 """Prefect Block types: where the store lives and how models are found (secrets as SecretStr)."""
 
 from blocks.models import VoxflowModels
+from blocks.results import VoxflowResults
 from blocks.storage import VoxflowStorage
 
-BLOCK_TYPES = (VoxflowStorage, VoxflowModels)
+BLOCK_TYPES = (VoxflowStorage, VoxflowModels, VoxflowResults)
 
-__all__ = ["BLOCK_TYPES", "VoxflowModels", "VoxflowStorage", "register_block_types"]
+__all__ = ["BLOCK_TYPES", "VoxflowModels", "VoxflowResults", "VoxflowStorage", "register_block_types"]
 
 
 def register_block_types() -> list[str]:

@@ -26,30 +26,69 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from prefect.task_runners import ThreadPoolTaskRunner
+def _print_report(report, columns: Sequence[str]) -> int:
+    rows = [o.row() for o in report.outcomes]
+    if rows:
+        _print_rows(rows, columns)
+    print(report.summary())
+    for outcome in report.failed:  # one line per file, naming it
+        name, error = outcome.source_uri.rsplit("/", 1)[-1], outcome.error or ""
+        print(f"error: {error if name in error else f'{name}: {error}'}", file=sys.stderr)
+    return 1 if report.failed else 0
 
-    from flows.ingest import FilesFailed, ingest
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.ingest import DEFAULT_PARALLEL_FILES, ingest
+    from flows.pipelines import FilesFailed
     from tasks.ingest import IngestOptions
 
     given = {"sample_rate_hz": args.sample_rate_hz, "resample_quality": args.resample_quality}
     if args.keep_channels:
         given["mono"] = False
     options = IngestOptions(**{k: v for k, v in given.items() if v is not None})
-    flow = ingest.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.jobs)) if args.jobs else ingest
     try:
-        report = flow(paths=args.paths, options=options, storage_block=args.storage_block)
+        report = ingest(paths=args.paths, options=options, parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
+                        storage_block=args.storage_block)  # fmt: skip
     except FilesFailed as e:
         report = e.report
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    columns = ("file", "status", "duration_s", "sample_rate_hz", "channels", "lufs", "sha256")
-    _print_rows([o.row() for o in report.outcomes], columns)
-    print(report.summary())
-    for outcome in report.failed:
-        print(f"error: {outcome.error}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return _print_report(report, ("file", "status", "duration_s", "sample_rate_hz", "channels", "lufs", "sha256"))
+
+
+def _param(text: str) -> tuple[str, object]:
+    import json
+
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def cmd_ingest_folder(args: argparse.Namespace) -> int:
+    from flows.ingest import DEFAULT_PARALLEL_FILES
+    from flows.ingest_folder import ingest_folder
+
+    flow = ingest_folder
+    if args.dask_workers or args.dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        cluster = {"address": args.dask_address} if args.dask_address else {
+            "cluster_kwargs": {"n_workers": args.dask_workers, "threads_per_worker": 1, "processes": True}}
+        flow = ingest_folder.with_options(task_runner=DaskTaskRunner(**cluster))
+    state = flow(source=args.source, pattern=args.pattern, pipeline=args.flow, params=dict(args.param),
+                 parallel_files=args.jobs or DEFAULT_PARALLEL_FILES, storage_block=args.storage_block,
+                 return_state=True)  # fmt: skip
+    outcome = state.result(raise_on_failure=False)
+    report = getattr(outcome, "report", outcome)
+    if not hasattr(report, "outcomes"):  # the run failed before processing files
+        print(f"error: {outcome}", file=sys.stderr)
+        return 2 if isinstance(outcome, (FileNotFoundError, ValueError)) else 1
+    return _print_report(report, ("file", "status", "computed", "duration_s", "sample_rate_hz", "channels", "lufs"))
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -117,8 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
     p.set_defaults(func=cmd_ingest)
 
+    p = commands.add_parser("ingest-folder", help="run a flow on every file of a folder or bucket not yet processed")
+    p.add_argument("source", help="local folder or s3://bucket/prefix")
+    p.add_argument("--pattern", default="*", help="fnmatch pattern on paths below the source (default *)")
+    p.add_argument("--flow", default="ingest", help="the flow to run on each new file (default ingest)")
+    p.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
+                   help="an option of that flow, e.g. --param sample_rate_hz=22050 (repeatable)")  # fmt: skip
+    p.add_argument("--jobs", type=int, help="files processed in parallel (default min(4, CPUs))")
+    p.add_argument("--dask-workers", type=int, help="run the stages on a local Dask cluster of N processes")
+    p.add_argument("--dask-address", help="run the stages on an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.set_defaults(func=cmd_ingest_folder)
+
     p = commands.add_parser("catalog", help="print the rows of a catalog table")
-    p.add_argument("table", choices=("files", "artifacts", "segments", "syntheses", "stage_runs"))
+    p.add_argument("table", choices=("files", "artifacts", "segments", "syntheses", "stage_runs", "processed"))
     p.add_argument("--columns", help="comma-separated columns to show")
     p.add_argument("--limit", type=int, default=50, help="last N rows (default 50)")
     p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")

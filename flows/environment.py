@@ -1,8 +1,14 @@
-"""The environment, chosen once per flow run: which store (a storage Block or the environment)."""
+"""The environment, chosen once per flow run: which store, and where stages keep cache records."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import Task
+
 from storage.settings import StoreSettings
+from tasks.stage import with_results
 
 
 def store_settings(storage_block: str | None) -> StoreSettings:
@@ -12,3 +18,25 @@ def store_settings(storage_block: str | None) -> StoreSettings:
     from blocks.storage import VoxflowStorage
 
     return VoxflowStorage.load(storage_block).settings()
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The store of a flow run and the saved result storage that puts cache records on it."""
+
+    settings: StoreSettings
+    results: Any  # blocks.results.VoxflowResults, saved
+
+    def stage(self, stage: Task) -> Task:
+        """A stage task bound to this run's store for its cache records."""
+        return with_results(stage, self.results)
+
+
+def environment(storage_block: str | None) -> Environment:
+    """Resolve the store (Block or environment) and save its result-storage Block (no secrets in it)."""
+    from blocks.results import VoxflowResults
+
+    settings = store_settings(storage_block)
+    results = VoxflowResults.for_store(settings, storage_block)
+    results.save(results.block_name(), overwrite=True)
+    return Environment(settings, results)

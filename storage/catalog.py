@@ -178,7 +178,30 @@ STAGE_RUNS = TableSpec(
     ("task_run_id", "attempt"),
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (FILES, ARTIFACTS, SEGMENTS, SYNTHESES, STAGE_RUNS)}
+PROCESSED = TableSpec(
+    "processed",
+    pa.schema(
+        [
+            ("pipeline", pa.string()),  # the flow run on the file, e.g. ingest
+            ("params_hash", pa.string()),  # of that flow's options and stage code versions
+            ("source_uri", pa.string()),
+            ("source_version", pa.string()),  # mtime:<ns> for files, etag:<etag> for S3 objects
+            ("size_bytes", pa.int64()),
+            ("status", pa.string()),  # done, cached or failed
+            ("transient", pa.bool_()),  # a failure that may heal; such files are tried again
+            ("source_sha256", pa.string()),
+            ("outputs", pa.string()),  # JSON object: output name -> artifact URI
+            ("error_message", pa.string()),
+            ("flow_run_id", pa.string()),
+            ("recorded_at", TIMESTAMP),
+        ]
+    ),
+    ("pipeline", "params_hash", "source_uri", "source_version"),
+)
+
+TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (FILES, ARTIFACTS, SEGMENTS, SYNTHESES, STAGE_RUNS, PROCESSED)
+}
 
 
 def table_spec(name: str) -> TableSpec:

@@ -2,7 +2,7 @@
 
 Artifacts are content-addressed: the same input with the same options always lands on
 ``artifacts/<sha[:2]>/<sha>/<stage>/<params hash>/<name>``. Catalog part files live under
-``catalog/<table>/part-<uuid>.parquet``.
+``catalog/<table>/part-<uuid>.parquet``; Prefect's cache records of stages under ``results/<cache key>``.
 """
 
 from __future__ import annotations
@@ -74,3 +74,13 @@ def catalog_prefix(table: str) -> str:
 def new_part_key(table: str) -> str:
     """A fresh, never-reused key for one Parquet part file of a table."""
     return f"{catalog_prefix(table)}part-{uuid.uuid4().hex}.parquet"
+
+
+RESULTS_PREFIX = "results/"
+
+
+def result_record_key(cache_key: str) -> str:
+    """The key of the Prefect cache record of one stage run (what a cache hit reads)."""
+    if not _SAFE_SEGMENT.match(cache_key):
+        raise ValueError(f"invalid cache key {cache_key!r}")
+    return f"{RESULTS_PREFIX}{cache_key}"

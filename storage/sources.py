@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -29,43 +32,115 @@ class FetchedSource:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _has_extension(name: str, extensions: Iterable[str] | None) -> bool:
-    return extensions is None or name.lower().rsplit(".", 1)[-1] in {e.lower().lstrip(".") for e in extensions}
+@dataclass(frozen=True)
+class SourceEntry:
+    """A listed source file: its URI, size and version (mtime for files, ETag for S3 objects)."""
+
+    uri: str
+    size_bytes: int
+    version: str
+
+
+def _wanted(relative: str, extensions: Iterable[str] | None, pattern: str | None) -> bool:
+    name = relative.rsplit("/", 1)[-1].lower()
+    if extensions is not None and name.rsplit(".", 1)[-1] not in {e.lower().lstrip(".") for e in extensions}:
+        return False
+    return pattern is None or fnmatch.fnmatchcase(relative, pattern)
+
+
+def _local_entry(path: Path) -> SourceEntry:
+    stat = path.stat()
+    return SourceEntry(file_uri(path), stat.st_size, f"mtime:{stat.st_mtime_ns}")
+
+
+def list_sources(
+    paths: Iterable[str],
+    settings: StoreSettings,
+    extensions: Iterable[str] | None = None,
+    pattern: str | None = None,
+) -> list[SourceEntry]:
+    """Source files for paths: files as given, folders and ``s3://`` prefixes walked recursively.
+
+    Files named directly are kept whatever their extension (a bad one fails later with a clear
+    error); files found in folders are kept only when their extension is in ``extensions`` and
+    their path relative to the folder matches the ``fnmatch`` ``pattern`` (``*`` crosses folders).
+    A path that does not exist raises :class:`FileNotFoundError` naming it.
+    """
+    extensions = list(extensions) if extensions is not None else None
+    found: dict[str, SourceEntry] = {}
+    for path in paths:
+        location = parse_location(path)
+        if location.scheme == "s3":
+            store = S3Store(location.bucket, "", settings=settings)
+            head = store.head(location.path) if location.path else None
+            if head is not None:
+                uri = f"s3://{location.bucket}/{location.path}"
+                found[uri] = SourceEntry(uri, head["ContentLength"], f"etag:{head['ETag'].strip(chr(34))}")
+                continue
+            prefix = f"{location.path}/" if location.path else ""
+            entries = [
+                SourceEntry(f"s3://{location.bucket}/{key}", size, f"etag:{etag}")
+                for key, size, etag in store.iter_objects(prefix)
+                if _wanted(key[len(prefix):], extensions, pattern)
+            ]
+            if not entries:
+                raise FileNotFoundError(f"{path}: no such object, and no matching audio files under that prefix")
+            found.update((e.uri, e) for e in entries)
+            continue
+        local = Path(location.path)
+        if local.is_dir():
+            files = sorted(
+                p for p in local.rglob("*")
+                if p.is_file() and _wanted(p.relative_to(local).as_posix(), extensions, pattern)
+            )  # fmt: skip
+            found.update((e.uri, e) for e in map(_local_entry, files))
+        elif local.exists():
+            entry = _local_entry(local)
+            found[entry.uri] = entry
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return list(found.values())
 
 
 def expand_sources(
     paths: Iterable[str], settings: StoreSettings, extensions: Iterable[str] | None = None
 ) -> list[str]:
-    """Source URIs for paths: files as given, folders and ``s3://`` prefixes walked recursively.
+    """The URIs of :func:`list_sources`."""
+    return [entry.uri for entry in list_sources(paths, settings, extensions)]
 
-    Files named directly are kept whatever their extension (a bad one fails later with a clear
-    error); files found in folders are kept only when their extension is in ``extensions``.
-    A path that does not exist raises :class:`FileNotFoundError` naming it.
+
+_HASHES: OrderedDict[tuple[str, str], str] = OrderedDict()
+_HASHES_LOCK = threading.Lock()
+HASH_MEMO_ENTRIES = 4096
+
+
+def source_sha256(uri: str, settings: StoreSettings) -> str:
+    """The sha256 of a source's bytes, remembered per URI and version (mtime or ETag) in this process.
+
+    A stage's cache key starts with its input's sha256, so deciding whether ingest is a cache hit
+    reads the source once; an ``s3://`` source is streamed through the hash without being kept.
     """
-    extensions = list(extensions) if extensions is not None else None
-    found: list[str] = []
-    for path in paths:
-        location = parse_location(path)
-        if location.scheme == "s3":
-            store = S3Store(location.bucket, "", settings=settings)
-            if location.path and store.exists(location.path):
-                found.append(f"s3://{location.bucket}/{location.path}")
-                continue
-            prefix = f"{location.path}/" if location.path else ""
-            keys = [k for k in store.list(prefix) if _has_extension(k, extensions)]
-            if not keys:
-                raise FileNotFoundError(f"{path}: no such object, and no audio files under that prefix")
-            found.extend(f"s3://{location.bucket}/{k}" for k in keys)
-            continue
-        local = Path(location.path)
-        if local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.is_file() and _has_extension(p.name, extensions))
-            found.extend(file_uri(p) for p in files)
-        elif local.exists():
-            found.append(file_uri(local))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return list(dict.fromkeys(found))
+    entry = list_sources([uri], settings)[0]
+    memo_key = (entry.uri, f"{entry.version}:{entry.size_bytes}")
+    with _HASHES_LOCK:
+        if memo_key in _HASHES:
+            _HASHES.move_to_end(memo_key)
+            return _HASHES[memo_key]
+    location = parse_location(uri)
+    if location.scheme == "file":
+        digest = sha256_file(location.path)
+    else:
+        digest, _ = S3Store(location.bucket, "", settings=settings).download(location.path, _NullSink())
+    with _HASHES_LOCK:
+        _HASHES[memo_key] = digest
+        while len(_HASHES) > HASH_MEMO_ENTRIES:
+            _HASHES.popitem(last=False)
+    return digest
+
+
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
 
 
 @contextlib.contextmanager

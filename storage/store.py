@@ -19,7 +19,7 @@ import shutil
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -68,6 +68,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored under the key."""
+
+    @abstractmethod
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI of this store, or None when the URI lies elsewhere."""
 
     def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
         """Store a local file under the key (streamed; multipart on S3 when large)."""
@@ -118,6 +122,13 @@ class LocalStore(ArtifactStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def key_of(self, uri: str) -> str | None:
+        location = parse_location(uri)
+        if location.scheme != "file":
+            return None
+        path = Path(location.path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else None
 
     def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
         target = self._path(key)
@@ -223,6 +234,10 @@ class S3Store(ArtifactStore):
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def key_of(self, uri: str) -> str | None:
+        root = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
+        return uri[len(root):] if uri.startswith(root) else None
+
     def _error(self, key: str, action: str, e: Exception, uri: str | None = None) -> StorageError:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -241,6 +256,10 @@ class S3Store(ArtifactStore):
         if isinstance(e, BotoCoreError):
             return TransientStorageError(uri, f"cannot {action}: {e}")
         return StorageError(uri, f"cannot {action}: {e}")
+
+    def head(self, key: str) -> dict | None:
+        """The object's ``HeadObject`` response, or None when there is none."""
+        return self._head(key)
 
     def _head(self, key: str) -> dict | None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -314,6 +333,10 @@ class S3Store(ArtifactStore):
         return digest.hexdigest(), size
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        return (key for key, _, _ in self.iter_objects(prefix))
+
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """Key, size and ETag of every object under the prefix."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         if ".." in prefix.split("/") or prefix.startswith("/"):
@@ -323,7 +346,7 @@ class S3Store(ArtifactStore):
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
-                    yield item["Key"][strip:]
+                    yield item["Key"][strip:], item["Size"], item["ETag"].strip('"')
         except (ClientError, BotoCoreError) as e:
             raise self._error("", "list", e, uri=f"s3://{self.bucket}/{full}") from e
 
@@ -358,3 +381,9 @@ def open_store(settings: StoreSettings, **s3_options) -> ArtifactStore:
     if location.scheme == "s3":
         return S3Store(location.bucket, location.path, settings=settings, **s3_options)
     return LocalStore(location.path)
+
+
+@lru_cache(maxsize=16)
+def shared_store(settings: StoreSettings) -> ArtifactStore:
+    """One store (and S3 client, which is thread-safe) per settings in this process."""
+    return open_store(settings)

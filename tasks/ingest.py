@@ -1,38 +1,32 @@
 """Ingest: decode any audio file, measure it, and store it as a 16 kHz mono float WAV.
 
 Writes the artifact ``artifacts/<sha[:2]>/<sha>/ingest/<params>/audio.wav``, then the ``artifacts``
-and ``files`` rows, then ``manifest.json`` beside the artifact. The manifest is written last, so its
-presence means the stage finished: a later run on the same bytes with the same options reads it
-instead of decoding again (a cache hit), and recomputes when the audio artifact has disappeared.
+and ``files`` rows. Caching, retries and the ``stage_runs`` rows come from :mod:`tasks.stage`: a
+later run on the same bytes with the same options is a cache hit that decodes nothing (and records
+the source path when the bytes arrive under a new one).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Literal, get_args
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from storage.catalog import Catalog
-from storage.errors import ObjectNotFound
 from storage.keys import artifact_key
 from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from storage.sources import FetchedSource, fetch_source
-from storage.store import ArtifactStore, open_store
+from storage.store import ArtifactStore, shared_store
 from tasks import audio
-from tasks.caching import params_hash, stage_cache_key
-from tasks.runs import StageRun, record_stage_run, retry_transient
+from tasks.runs import StageRun, current_run
+from tasks.stage import StageSpec, stage_task
 
 STAGE = "ingest"
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 AUDIO_NAME = "audio.wav"
-MANIFEST_NAME = "manifest.json"
 
 
 ResampleQuality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
@@ -70,7 +64,10 @@ class SourceStats:
 
 @dataclass(frozen=True)
 class IngestResult:
-    """What the ingest task returns: the source, its stats and the reference to the working audio."""
+    """What the ingest task returns: the source, its stats and the reference to the working audio.
+
+    Its ``sha256`` (the working audio's) is what the next stage's cache key starts from.
+    """
 
     source_uri: str
     source_name: str
@@ -78,7 +75,21 @@ class IngestResult:
     size_bytes: int
     stats: SourceStats
     artifact: ArtifactRef
-    cache_hit: bool
+
+    @property
+    def sha256(self) -> str:
+        return self.artifact.sha256
+
+    def summary(self) -> dict:
+        """What a summary table shows of an ingested file."""
+        s = self.stats
+        return {
+            "duration_s": round(s.duration_s, 3),
+            "sample_rate_hz": s.sample_rate_hz,
+            "channels": s.channels,
+            "lufs": round(s.integrated_lufs, 2) if s.integrated_lufs is not None else None,
+            "sha256": self.source_sha256[:12],
+        }
 
 
 def measure(decoded: audio.DecodedAudio) -> SourceStats:
@@ -125,66 +136,40 @@ def _artifact_row(ref: ArtifactRef, key: str, input_sha256: str, params: str, ru
     }  # fmt: skip
 
 
-def _cached(store: ArtifactStore, source: FetchedSource, params: str) -> IngestResult | None:
-    """The earlier result for these bytes and options, if its manifest and audio are still stored."""
-    try:
-        manifest = json.loads(store.get_bytes(artifact_key(source.sha256, STAGE, params, MANIFEST_NAME)))
-    except ObjectNotFound:
-        return None
-    artifact = ArtifactRef(**manifest["artifact"])
-    if not store.exists(artifact_key(source.sha256, STAGE, params, AUDIO_NAME)):
-        return None
-    stats = SourceStats(**manifest["stats"])
-    return IngestResult(source.uri, source.name, source.sha256, source.size_bytes, stats, artifact, True)
-
-
 def _compute(store: ArtifactStore, catalog: Catalog, source: FetchedSource, options: IngestOptions,
-             params: str, run: StageRun) -> IngestResult:  # fmt: skip
-    """Decode, measure, preprocess and write the artifact, its catalog rows and then the manifest."""
+             run: StageRun) -> IngestResult:  # fmt: skip
+    """Decode, measure, preprocess and write the artifact, then its catalog rows."""
     decoded = audio.decode_file(source.path, source.name)
     stats = measure(decoded)
     working = preprocess(decoded.samples, decoded.sample_rate_hz, options)
-    key = artifact_key(source.sha256, STAGE, params, AUDIO_NAME)
+    key = artifact_key(source.sha256, STAGE, run.params_hash, AUDIO_NAME)
     info = store.put_bytes(key, audio.encode_wav(working, options.sample_rate_hz))
     ref = ArtifactRef(info.uri, info.sha256, info.size_bytes, options.sample_rate_hz, *working.shape)
-    result = IngestResult(source.uri, source.name, source.sha256, source.size_bytes, stats, ref, False)
-    catalog.append("artifacts", [_artifact_row(ref, key, source.sha256, params, run)])
+    result = IngestResult(source.uri, source.name, source.sha256, source.size_bytes, stats, ref)
+    catalog.append("artifacts", [_artifact_row(ref, key, source.sha256, run.params_hash, run)])
     catalog.append("files", [_files_row(result, run.flow_run_id)])
-    manifest = {"stats": asdict(stats), "artifact": asdict(ref)}
-    store.put_bytes(artifact_key(source.sha256, STAGE, params, MANIFEST_NAME), json.dumps(manifest).encode())
     return result
 
 
-def _record_source(catalog: Catalog, result: IngestResult, run: StageRun) -> None:
-    """On a cache hit, add a ``files`` row only when these bytes arrive from a new source URI."""
+def _record_source(result: IngestResult, parameters: dict, catalog: Catalog) -> None:
+    """On a cache hit, add a ``files`` row when these bytes arrive from a source URI not seen before."""
     import pyarrow.dataset as ds
 
+    source_uri = parameters["source_uri"]
     known = catalog.dataset("files").to_table(
         columns=["source_uri"], filter=ds.field("sha256") == result.source_sha256
     )
-    if result.source_uri not in known.column("source_uri").to_pylist():
-        catalog.append("files", [_files_row(result, run.flow_run_id)])
+    if source_uri not in known.column("source_uri").to_pylist():
+        moved = replace(result, source_uri=source_uri, source_name=source_uri.rstrip("/").rsplit("/", 1)[-1])
+        catalog.append("files", [_files_row(moved, None)])
 
 
-@task(
-    name="ingest",
-    cache_policy=NO_CACHE,  # the stage caches on the store itself (manifest beside the artifact)
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=0.5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
+INGEST = StageSpec(STAGE, code_version=CODE_VERSION, on_cache_hit=_record_source)
+
+
+@stage_task(INGEST)
 def ingest_file(source_uri: str, options: IngestOptions, settings: StoreSettings) -> IngestResult:
-    """Ingest one file into the store; a file already ingested with these options is not decoded."""
-    store = open_store(settings)
-    catalog = Catalog(store)
-    params = params_hash(options, code_version=CODE_VERSION)
+    """Ingest one source file into the store as the pipeline's working audio."""
+    store = shared_store(settings)
     with fetch_source(source_uri, settings) as source:
-        run = StageRun(STAGE, source.sha256, params, stage_cache_key(source.sha256, STAGE, params))
-        with record_stage_run(catalog, run):
-            result = _cached(store, source, params)
-            run.cache_hit = result is not None
-            if result is not None:
-                _record_source(catalog, result, run)
-                return result
-            return _compute(store, catalog, source, options, params, run)
+        return _compute(store, Catalog(store), source, options, current_run())

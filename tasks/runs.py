@@ -1,21 +1,44 @@
-"""Recording stage runs and deciding which failures are worth a retry."""
+"""Recording stage runs, and deciding which failures are worth a retry.
+
+Transient failures heal with time or less memory: storage 5xx and throttling, timeouts, connection
+resets, CUDA out-of-memory. Everything else (undecodable input, a missing model or token, invalid
+options, a bug) is deterministic and fails at once with its own message.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import gc
 import resource
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from storage.catalog import Catalog
 from storage.errors import TransientStorageError
 
+T = TypeVar("T")
 ERROR_MESSAGE_CHARS = 2000
 TRANSIENT_ERRORS = (TransientStorageError, ConnectionError, TimeoutError)
+TRANSIENT_HTTP_STATUS = {408, 429, 500, 502, 503, 504}
+# Transient errors of libraries imported lazily, by module and class name.
+TRANSIENT_NAMES = {
+    ("torch.cuda", "OutOfMemoryError"),
+    ("torch", "OutOfMemoryError"),
+    ("requests.exceptions", "ConnectionError"),
+    ("requests.exceptions", "Timeout"),
+    ("requests.exceptions", "ReadTimeout"),
+    ("requests.exceptions", "ConnectTimeout"),
+    ("httpx", "TransportError"),
+    ("httpx", "TimeoutException"),
+    ("botocore.exceptions", "EndpointConnectionError"),
+    ("botocore.exceptions", "ConnectionClosedError"),
+    ("botocore.exceptions", "ReadTimeoutError"),
+}
 
 
 def _peak_rss_bytes() -> int:
@@ -32,6 +55,70 @@ def _prefect_ids() -> tuple[str | None, str | None, int]:
     return flow_id, task_id, max(int(attempt or 1), 1)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an error is a CUDA (or other accelerator) out-of-memory error."""
+    return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch") for cls in type(error).__mro__)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) can heal on a retry."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TRANSIENT_ERRORS):
+            return True
+        if any((cls.__module__, cls.__name__) in TRANSIENT_NAMES for cls in type(current).__mro__):
+            return True
+        response = getattr(current, "response", None)
+        if getattr(response, "status_code", None) in TRANSIENT_HTTP_STATUS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def free_accelerator_memory() -> None:
+    """Drop unreferenced tensors and return cached CUDA memory to the driver."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def halving_batch_on_oom(compute: Callable[[int], T], batch_size: int) -> T:
+    """``compute(batch_size)``, retried with half the batch (memory freed) after each out-of-memory.
+
+    At a batch of one the error is raised: it is transient, so the task's retries try again after
+    their backoff, when other work may have released the memory.
+    """
+    while True:
+        try:
+            return compute(batch_size)
+        except Exception as e:
+            if not is_out_of_memory(e) or batch_size <= 1:
+                raise
+        free_accelerator_memory()
+        batch_size = max(batch_size // 2, 1)
+        current = CURRENT_RUN.get()
+        if current is not None:
+            current.oom_halvings += 1
+
+
+def _cuda_peak_start() -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return False
+    torch.cuda.reset_peak_memory_stats()
+    return True
+
+
+def _cuda_peak_bytes() -> int | None:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
 @dataclass
 class StageRun:
     """One attempt of one stage on one input; the caller sets ``cache_hit``."""
@@ -45,6 +132,42 @@ class StageRun:
     flow_run_id: str | None = None
     task_run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 1
+    oom_halvings: int = 0  # how often the batch was halved after running out of memory
+
+
+CURRENT_RUN: contextvars.ContextVar[StageRun | None] = contextvars.ContextVar("voxflow_stage_run", default=None)
+
+
+def current_run() -> StageRun:
+    """The stage run being recorded around the calling code."""
+    run = CURRENT_RUN.get()
+    if run is None:
+        raise RuntimeError("not inside a stage run (see tasks.stage.stage_task)")
+    return run
+
+
+def stage_run_row(run: StageRun, *, status: str, started: datetime, ended: datetime, duration_s: float,
+                  peak_cuda_bytes: int | None = None, error: BaseException | None = None) -> dict:  # fmt: skip
+    """The ``stage_runs`` row of one attempt (or cache hit) of a stage."""
+    return {
+        "flow_run_id": run.flow_run_id,
+        "task_run_id": run.task_run_id,
+        "attempt": run.attempt,
+        "stage": run.stage,
+        "input_sha256": run.input_sha256,
+        "params_hash": run.params_hash,
+        "cache_key": run.cache_key,
+        "status": status,
+        "cache_hit": run.cache_hit,
+        "started_at": started,
+        "ended_at": ended,
+        "duration_s": duration_s,
+        "device": run.device,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_cuda_bytes": peak_cuda_bytes,
+        "error_class": type(error).__name__ if error else None,
+        "error_message": str(error)[:ERROR_MESSAGE_CHARS] if error else None,
+    }
 
 
 @contextlib.contextmanager
@@ -55,6 +178,8 @@ def record_stage_run(catalog: Catalog, run: StageRun) -> Iterator[StageRun]:
     run.task_run_id = task_id or run.task_run_id
     run.attempt = attempt
     started, clock = datetime.now(timezone.utc), time.perf_counter()
+    measuring_cuda = _cuda_peak_start()
+    token = CURRENT_RUN.set(run)
     error: BaseException | None = None
     try:
         yield run
@@ -62,37 +187,19 @@ def record_stage_run(catalog: Catalog, run: StageRun) -> Iterator[StageRun]:
         error = e
         raise
     finally:
-        catalog.append(
-            "stage_runs",
-            [
-                {
-                    "flow_run_id": run.flow_run_id,
-                    "task_run_id": run.task_run_id,
-                    "attempt": run.attempt,
-                    "stage": run.stage,
-                    "input_sha256": run.input_sha256,
-                    "params_hash": run.params_hash,
-                    "cache_key": run.cache_key,
-                    "status": "failed" if error else "completed",
-                    "cache_hit": run.cache_hit,
-                    "started_at": started,
-                    "ended_at": datetime.now(timezone.utc),
-                    "duration_s": time.perf_counter() - clock,
-                    "device": run.device,
-                    "peak_rss_bytes": _peak_rss_bytes(),
-                    "error_class": type(error).__name__ if error else None,
-                    "error_message": str(error)[:ERROR_MESSAGE_CHARS] if error else None,
-                }
-            ],
-        )
+        CURRENT_RUN.reset(token)
+        peak_cuda = _cuda_peak_bytes() if measuring_cuda or run.device.startswith("cuda") else None
+        row = stage_run_row(
+            run, status="failed" if error else "completed", started=started, ended=datetime.now(timezone.utc),
+            duration_s=time.perf_counter() - clock, peak_cuda_bytes=peak_cuda, error=error,
+        )  # fmt: skip
+        catalog.append("stage_runs", [row])
 
 
 def retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry what can heal (storage 5xx, timeouts), never bad input."""
+    """Prefect ``retry_condition_fn``: retry what can heal (storage 5xx, timeouts, OOM), never bad input."""
     try:
         state.result()
-    except TRANSIENT_ERRORS:
-        return True
-    except BaseException:
-        return False
+    except BaseException as e:
+        return is_transient(e)
     return False

@@ -74,10 +74,42 @@ def local_store(tmp_path) -> LocalStore:
     return LocalStore(tmp_path / "store")
 
 
+@pytest.fixture(autouse=True)
+def voxflow_home(tmp_path, monkeypatch) -> Path:
+    """Each test's own VOXFLOW_HOME (default store, stage locks, GPU holder files)."""
+    home = tmp_path / "voxflow-home"
+    monkeypatch.setenv("VOXFLOW_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def use_store(monkeypatch):
+    """Point flows' environment at a store, as a user would with VOXFLOW_STORAGE and AWS_*."""
+    from storage.catalog import Catalog
+
+    def use(settings: StoreSettings) -> Catalog:
+        monkeypatch.setenv("VOXFLOW_STORAGE", settings.location)
+        for var, value in (
+            ("AWS_ENDPOINT_URL", settings.endpoint_url),
+            ("AWS_DEFAULT_REGION", settings.region),
+            ("AWS_ACCESS_KEY_ID", settings.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", settings.secret_access_key),
+        ):
+            if value:
+                monkeypatch.setenv(var, value)
+        return Catalog(open_store(settings))
+
+    return use
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One Prefect test harness (temporary database, ephemeral API) for the whole session."""
+    """One Prefect test harness (temporary database, ephemeral API) for the whole session.
+
+    Flow-run heartbeats are off here (they add ~1 s to every flow run); they stay on in production.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield

@@ -34,7 +34,7 @@ def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
     first = run_cli("ingest", jfk)
     assert first.returncode == 0, first.stderr
-    assert "jfk.flac  ingested" in first.stdout and "1 ingested, 0 cached, 0 failed" in first.stdout
+    assert "jfk.flac  done" in first.stdout and "1 done, 0 cached, 0 failed" in first.stdout
 
     files_glob = tmp_path / ".voxflow" / "catalog" / "files" / "*.parquet"
     rows = duckdb.sql(f"SELECT sha256, duration_s, sample_rate_hz, channels FROM read_parquet('{files_glob}')").fetchall()
@@ -42,7 +42,7 @@ def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
 
     second = run_cli("ingest", jfk)
     assert second.returncode == 0, second.stderr
-    assert "jfk.flac  cached" in second.stdout and "0 ingested, 1 cached" in second.stdout
+    assert "jfk.flac  cached" in second.stdout and "0 done, 1 cached" in second.stdout
     frame = pd.concat(pd.read_parquet(p) for p in files_glob.parent.glob("*.parquet"))
     assert len(frame) == 1  # no row added, even before de-duplication
 

@@ -39,29 +39,10 @@ def _sha256sums() -> dict[str, str]:
     return {name.removeprefix("./"): sha for sha, name in (line.split(maxsplit=1) for line in lines)}
 
 
-@pytest.fixture
-def use_store(monkeypatch):
-    """Point the flow's environment at a store, as a user would with VOXFLOW_STORAGE and AWS_*."""
-
-    def use(settings: StoreSettings) -> Catalog:
-        monkeypatch.setenv("VOXFLOW_STORAGE", settings.location)
-        for var, value in (
-            ("AWS_ENDPOINT_URL", settings.endpoint_url),
-            ("AWS_DEFAULT_REGION", settings.region),
-            ("AWS_ACCESS_KEY_ID", settings.access_key_id),
-            ("AWS_SECRET_ACCESS_KEY", settings.secret_access_key),
-        ):
-            if value:
-                monkeypatch.setenv(var, value)
-        return Catalog(open_store(settings))
-
-    return use
-
-
 def test_corpus_files_are_ingested_with_their_reference_facts(tmp_path, use_store):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     report = ingest(paths=[str(CORPUS)])
-    assert report.count("ingested") == len(CORPUS_EXPECTED) and not report.failed
+    assert report.count("done") == len(CORPUS_EXPECTED) and not report.failed
 
     files = catalog.frame("files").set_index("source_name")
     sums = _sha256sums()
@@ -93,7 +74,7 @@ def test_corpus_files_are_ingested_with_their_reference_facts(tmp_path, use_stor
 def test_second_run_is_a_cache_hit_without_decoding(tmp_path, use_store, monkeypatch):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
-    assert ingest(paths=[jfk]).count("ingested") == 1
+    assert ingest(paths=[jfk]).count("done") == 1
     parts = {t: len(catalog.part_keys(t)) for t in ("files", "artifacts")}
 
     def no_decoding(*args, **kwargs):
@@ -126,7 +107,7 @@ def test_deleted_artifact_is_recomputed(tmp_path, use_store):
     key = catalog.frame("artifacts")["key"].iloc[0]
     store = open_store(StoreSettings.from_env())
     store.delete(key)
-    assert ingest(paths=[str(wav)]).count("ingested") == 1
+    assert ingest(paths=[str(wav)]).count("done") == 1
     assert store.exists(key)
 
 
@@ -135,7 +116,7 @@ def test_changed_options_land_under_a_new_key(tmp_path, use_store):
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
     ingest(paths=[jfk])
     report = ingest(paths=[jfk], options=IngestOptions(sample_rate_hz=22050, mono=False))
-    assert report.count("ingested") == 1
+    assert report.count("done") == 1
     artifacts = catalog.frame("artifacts")
     assert sorted(zip(artifacts["sample_rate_hz"], artifacts["channels"])) == [(16000, 1), (22050, 2)]
     assert artifacts["params_hash"].nunique() == 2
@@ -158,7 +139,7 @@ def test_synthetic_files_of_every_kind(tmp_path, use_store):
         write_audio(folder / name, tone_and_noise(channels, rate, 1.5, seed=rate), rate, subtype)
     (folder / "readme.txt").write_text("not audio, skipped when walking a folder")
     report = ingest(paths=[str(folder)])
-    assert report.count("ingested") == len(cases)
+    assert report.count("done") == len(cases)
     files = catalog.frame("files").set_index("source_name")
     for name, (rate, channels, _) in cases.items():
         assert (files.loc[name, "sample_rate_hz"], files.loc[name, "channels"]) == (rate, channels)
@@ -177,7 +158,7 @@ def test_bad_files_fail_alone_and_leave_nothing_half_written(tmp_path, use_store
     with pytest.raises(FilesFailed) as e:
         ingest(paths=[str(folder)])
     report = e.value.report
-    assert (report.count("ingested"), report.count("failed")) == (1, 3)
+    assert (report.count("done"), report.count("failed")) == (1, 3)
     errors = {o.source_uri.rsplit("/", 1)[1]: o.error for o in report.failed}
     assert errors["truncated.wav"].startswith("cannot decode 'truncated.wav': file is truncated")
     assert errors["empty.wav"] == "cannot decode 'empty.wav': file is empty"
@@ -186,11 +167,14 @@ def test_bad_files_fail_alone_and_leave_nothing_half_written(tmp_path, use_store
     assert list(catalog.frame("files")["source_name"]) == ["good.wav"]
     assert len(catalog.frame("artifacts")) == 1
     store = open_store(StoreSettings.from_env())
-    assert len(store.list("artifacts/")) == 2  # good.wav's audio.wav and manifest.json, nothing else
+    assert len(store.list("artifacts/")) == 1  # good.wav's audio.wav, nothing else
+    records = [k for k in store.list("results/") if len(k.rsplit("/", 1)[1]) == 64]
+    assert len(records) == 1  # and its cache record (failed runs keep only their exception's record)
     runs = catalog.frame("stage_runs")
     failed = runs[runs["status"] == "failed"]
     assert len(failed) == 3 and set(failed["error_class"]) == {"AudioDecodeError"}
     assert (failed["attempt"] == 1).all()  # bad input is never retried
+    assert not any(o.transient for o in report.failed)
 
 
 def test_s3_source_into_s3_store(s3_settings, use_store):
@@ -203,7 +187,7 @@ def test_s3_source_into_s3_store(s3_settings, use_store):
     for name in ("asr_en_jfk/jfk.flac", "music_vocals_mp3/audio_example.mp3"):
         client.upload_file(str(CORPUS / name), location.bucket, f"incoming/{name}")
     report = ingest(paths=[f"s3://{location.bucket}/incoming"])
-    assert report.count("ingested") == 2
+    assert report.count("done") == 2
     files = catalog.frame("files").set_index("source_name")
     assert files.loc["jfk.flac", "source_uri"] == f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"
     assert files.loc["jfk.flac", "sha256"] == _sha256sums()["asr_en_jfk/jfk.flac"]

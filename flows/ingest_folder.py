@@ -1,0 +1,73 @@
+"""The ``ingest_folder`` flow (the scheduled job): run a flow on every new file of a folder or bucket.
+
+New means not yet processed by that flow with those parameters: the ``processed`` catalog table
+remembers each file's URI and version (mtime or ETag), so an unchanged file is skipped, a changed
+one runs again, and a file that failed for a reason that may heal (a timeout, a 5xx) is tried again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Sequence
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import environment
+from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from flows.pipelines import PIPELINES, FileOutcome, FilePipeline, FilesFailed, RunReport, processed_rows, run_files
+from flows.reporting import Progress, publish_table
+from storage.catalog import Catalog
+from storage.sources import SourceEntry, list_sources
+from storage.store import shared_store
+from tasks.audio import SUPPORTED_FORMATS
+
+PipelineName = Literal["ingest"]  # the flows registered in flows.pipelines
+SCHEDULE_CRON = "*/10 * * * *"  # the deployment's default: every 10 minutes
+
+
+def unprocessed(catalog: Catalog, pipeline: FilePipeline, options: Any,
+                entries: Sequence[SourceEntry]) -> tuple[list[SourceEntry], list[SourceEntry]]:  # fmt: skip
+    """Split listed files into (to run, already processed with these options and unchanged)."""
+    frame = catalog.frame("processed")
+    if len(frame):
+        frame = frame[(frame["pipeline"] == pipeline.name) & (frame["params_hash"] == pipeline.params_hash(options))]
+        settled = frame[frame["status"].isin(["done", "cached"]) | ~frame["transient"].fillna(False).astype(bool)]
+        seen = set(zip(settled["source_uri"], settled["source_version"]))
+    else:
+        seen = set()
+    todo = [e for e in entries if (e.uri, e.version) not in seen]
+    return todo, [e for e in entries if (e.uri, e.version) in seen]
+
+
+def _final_state(report: RunReport) -> State | RunReport:
+    if not report.failed:
+        return Completed(message=report.summary(), data=report)
+    partial = len(report.failed) < len(report.outcomes)
+    return Failed(name="Partially failed" if partial else "Failed", message=report.summary(), data=FilesFailed(report))
+
+
+@flow(name="ingest-folder", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def ingest_folder(
+    source: Annotated[str, Field(description="Local folder or s3://bucket/prefix to scan for audio files.")],
+    pattern: Annotated[str, Field(description="fnmatch pattern on paths below the source; * also crosses folders.")] = "*",
+    pipeline: Annotated[PipelineName, Field(description="The flow to run on each new file.")] = "ingest",
+    params: Annotated[dict[str, Any], Field(description='That flow\'s options, e.g. {"sample_rate_hz": 16000}.')] = {},
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS, description="Files processed at once.")] = DEFAULT_PARALLEL_FILES,
+    storage_block: Annotated[str | None, Field(description="Name of a voxflow-storage Block; empty: environment.")] = None,
+) -> RunReport:
+    """Find the files of a folder not yet processed by a flow with these parameters, and process them."""
+    env = environment(storage_block)  # 1. choose the store
+    chosen = PIPELINES[pipeline]
+    options = chosen.options(params)  # 2. validate the chosen flow's parameters
+    entries = list_sources([source], env.settings, SUPPORTED_FORMATS, pattern)  # 3. list the folder
+    catalog = Catalog(shared_store(env.settings))
+    todo, done_before = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files
+    progress = Progress("ingest-folder", len(todo))
+    outcomes = run_files(chosen, [e.uri for e in todo], options, env, parallel_files, progress)  # 5. run them
+    catalog.append("processed", processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6. record
+    report = RunReport(outcomes + [FileOutcome(e.uri, "skipped") for e in done_before])
+    publish_table("ingest-folder-summary", [o.row() for o in report.outcomes], report.summary())  # 7. publish
+    return _final_state(report)

@@ -1,0 +1,188 @@
+"""Per-file pipelines: the chain of stage tasks a flow runs on one file, and running it over many files.
+
+A flow registers its per-file chain here (:func:`register`), so ``ingest_folder`` can run any flow
+on each new file of a folder without a subflow per file (subflows cost ~1 s each): the files' stage
+tasks are submitted straight to the flow's task runner, at most ``parallel_files`` files at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from prefect.futures import PrefectFuture, as_completed
+from pydantic import TypeAdapter, ValidationError
+
+from flows.environment import Environment
+from flows.reporting import Progress
+from storage.sources import SourceEntry
+from tasks.caching import params_hash
+from tasks.runs import is_transient
+from tasks.stage import artifact_refs
+
+
+@dataclass(frozen=True)
+class FilePipeline:
+    """How one flow processes one file."""
+
+    name: str
+    stages: tuple[str, ...]  # its stages, in order
+    options_type: type  # the flow's options (a frozen dataclass or pydantic model)
+    # submits the file's stage tasks in order and returns their futures (the last one is the result)
+    submit: Callable[[str, Any, Environment], list[PrefectFuture]]
+    version: str  # changes when any of its stages' code versions change
+
+    def options(self, params: dict[str, Any] | Any) -> Any:
+        """The options from flow parameters, with a one-line error naming the pipeline."""
+        if isinstance(params, self.options_type):
+            return params
+        try:
+            return TypeAdapter(self.options_type).validate_python(params or {})
+        except (ValidationError, ValueError, TypeError) as e:
+            reason = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()) \
+                if isinstance(e, ValidationError) else str(e)  # fmt: skip
+            raise ValueError(f"invalid parameters for the {self.name!r} flow: {reason}") from None
+
+    def params_hash(self, options: Any) -> str:
+        return params_hash({"pipeline": self.name, "options": options}, code_version=self.version)
+
+
+PIPELINES: dict[str, FilePipeline] = {}
+
+
+def register(pipeline: FilePipeline) -> FilePipeline:
+    PIPELINES[pipeline.name] = pipeline
+    return pipeline
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One file's outcome: ``done`` (some stage computed), ``cached`` (every stage a cache hit),
+    ``failed`` (with the first failing stage's one-line reason) or ``skipped`` (already processed)."""
+
+    source_uri: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    transient: bool = False
+    stages: tuple[str, ...] = ()  # the stages that computed (not cache hits)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Artifact URIs of the final result, by artifact file name."""
+        return {ref.uri.rsplit("/", 1)[-1]: ref.uri for ref in artifact_refs(self.result)}
+
+    def row(self) -> dict:
+        """One row of the summary table: the file, its status, what the result says of it, links."""
+        summary = getattr(self.result, "summary", None)
+        return {
+            "file": self.source_uri.rsplit("/", 1)[-1],
+            "status": self.status,
+            "computed": ", ".join(self.stages),
+            **(summary() if callable(summary) else {}),
+            "outputs": ", ".join(f"[{name}]({uri})" for name, uri in self.outputs.items()),
+            "error": self.error or "",
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of every file of one run."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[FileOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def summary(self) -> str:
+        statuses = ("done", "cached", "skipped", "failed") if self.count("skipped") else ("done", "cached", "failed")
+        labels = {"skipped": "already processed"}
+        counts = ", ".join(f"{self.count(s)} {labels.get(s, s)}" for s in statuses)
+        return f"{len(self.outcomes)} file(s): {counts}"
+
+
+class FilesFailed(Exception):
+    """Some files failed; carries the whole report so callers still see what succeeded."""
+
+    def __init__(self, report: RunReport) -> None:
+        reasons = "; ".join(o.error or "" for o in report.failed)
+        super().__init__(f"{report.summary()}: {reasons}")
+        self.report = report
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def file_outcome(pipeline: FilePipeline, source_uri: str, futures: Sequence[PrefectFuture]) -> FileOutcome:
+    """The outcome of one file from its finished stage futures (in the pipeline's stage order)."""
+    for future in futures:
+        if not future.state.is_completed():
+            error = future.result(raise_on_failure=False)
+            if not isinstance(error, BaseException):
+                error = RuntimeError(future.state.message or future.state.name)
+            return FileOutcome(source_uri, "failed", error=_one_line(error), transient=is_transient(error))
+    computed = tuple(stage for stage, f in zip(pipeline.stages, futures) if f.state.name != "Cached")
+    return FileOutcome(source_uri, "done" if computed else "cached", futures[-1].result(), stages=computed)
+
+
+def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env: Environment,
+              parallel_files: int, progress: Progress) -> list[FileOutcome]:  # fmt: skip
+    """Run the pipeline on every source, at most ``parallel_files`` at a time, isolating failures."""
+    pending = list(sources)[::-1]
+    running: dict[PrefectFuture, tuple[str, list[PrefectFuture]]] = {}
+    outcomes: dict[str, FileOutcome] = {}
+
+    def start_next() -> None:
+        while pending and len(running) < max(parallel_files, 1):
+            source = pending.pop()
+            try:
+                futures = pipeline.submit(source, options, env)
+            except Exception as e:  # one bad file never stops the others
+                outcomes[source] = FileOutcome(source, "failed", error=_one_line(e), transient=is_transient(e))
+                progress(len(outcomes), len(sources))
+                continue
+            running[futures[-1]] = (source, futures)
+
+    start_next()
+    while running:
+        finished = next(iter(as_completed(list(running))))
+        source, futures = running.pop(finished)
+        for future in futures:
+            future.wait()
+        outcomes[source] = file_outcome(pipeline, source, futures)
+        progress(len(outcomes), len(sources))
+        start_next()
+    progress.close()
+    return [outcomes[s] for s in sources]
+
+
+def processed_rows(pipeline: FilePipeline, options: Any, entries: Sequence[SourceEntry],
+                   outcomes: Sequence[FileOutcome], flow_run_id: str | None) -> list[dict]:  # fmt: skip
+    """``processed`` catalog rows for the files that ran (not the skipped ones)."""
+    by_uri = {e.uri: e for e in entries}
+    rows = []
+    for outcome in outcomes:
+        if outcome.status == "skipped":
+            continue
+        entry = by_uri[outcome.source_uri]
+        rows.append({
+            "pipeline": pipeline.name,
+            "params_hash": pipeline.params_hash(options),
+            "source_uri": entry.uri,
+            "source_version": entry.version,
+            "size_bytes": entry.size_bytes,
+            "status": outcome.status,
+            "transient": outcome.transient,
+            "source_sha256": getattr(outcome.result, "source_sha256", None),
+            "outputs": json.dumps(outcome.outputs),
+            "error_message": outcome.error,
+            "flow_run_id": flow_run_id,
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,215 @@
+"""The one way a stage becomes a Prefect task: content cache keys, retries, locks, GPU guard, records.
+
+A stage function takes its input (a source URI, or a reference with a ``sha256`` such as
+:class:`~storage.refs.ArtifactRef`), a frozen ``options`` dataclass and the ``settings`` of the
+store, and returns a small result holding references. :func:`stage_task` turns it into a task whose
+
+* **cache key** is the input's sha256 + stage name + hash of (options, model revision, stage code
+  version), so the same bytes with the same options are computed once, whoever computes them;
+* **cache records** live on the artifact store (``results/<key>``, see :func:`with_results`), visible
+  to every worker; a record whose artifacts have disappeared from the store is dropped before the
+  lookup, so the stage recomputes;
+* **isolation** is ``SERIALIZABLE`` with :class:`~tasks.locks.FileLockManager`: a second run of the
+  same key waits for the first and reads its record instead of computing again;
+* **retries** (exponential backoff with jitter) happen only for transient failures
+  (:func:`~tasks.runs.is_transient`); a bad input fails at once;
+* **GPU stages** hold a slot of the ``gpu`` concurrency limit while they run (:mod:`tasks.gpu`);
+* every attempt and every cache hit writes a ``stage_runs`` row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+from prefect.transactions import IsolationLevel
+
+from storage.catalog import Catalog
+from storage.errors import ObjectNotFound
+from storage.keys import result_record_key
+from storage.refs import ArtifactRef
+from storage.settings import StoreSettings
+from storage.sources import source_sha256
+from storage.store import ArtifactStore, shared_store
+from tasks.caching import params_hash, stage_cache_key
+from tasks.gpu import gpu_guard
+from tasks.locks import FileLockManager
+from tasks.runs import StageRun, record_stage_run, retry_transient, stage_run_row
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+RETRY_BACKOFF_S = 0.5  # first retry after ~0.5 s, then 1 s, 2 s (plus jitter)
+RETRY_JITTER = 0.5
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What identifies a stage's outputs besides its input and options."""
+
+    name: str  # stage name, in artifact keys and stage_runs rows
+    code_version: str  # bump when the compute changes what it writes
+    model_revision: str | None = None  # model id/revision not already named by the options
+    gpu: bool = False  # holds a ``gpu`` slot while it runs
+    inputs: tuple[str, ...] = ()  # parameters whose content keys the cache; default: the first one
+    # called on a cache hit with (result, parameters, catalog), e.g. to record a new source path
+    on_cache_hit: Callable[[Any, dict[str, Any], Catalog], None] | None = None
+
+
+@dataclass(frozen=True)
+class StageIdentity:
+    """The content identity of one stage run: input sha256, params hash and the cache key."""
+
+    input_sha256: str
+    params_hash: str
+    cache_key: str
+
+
+def _sha256_of(value: Any, settings: StoreSettings) -> str:
+    if isinstance(value, str):
+        return source_sha256(value, settings)
+    sha = getattr(value, "sha256", None)
+    if not isinstance(sha, str):
+        raise TypeError(f"a stage input must be a source URI or carry a sha256, got {type(value).__name__}")
+    return sha
+
+
+def identify(spec: StageSpec, parameters: dict[str, Any], input_names: tuple[str, ...]) -> StageIdentity:
+    """The identity of a stage run from its parameters (a source input is hashed once per process)."""
+    settings: StoreSettings = parameters["settings"]
+    shas = [_sha256_of(parameters[name], settings) for name in input_names]
+    input_sha = shas[0] if len(shas) == 1 else hashlib.sha256("+".join(shas).encode()).hexdigest()
+    params = params_hash(parameters.get("options"), code_version=spec.code_version, model_id=spec.model_revision)
+    return StageIdentity(input_sha, params, stage_cache_key(input_sha, spec.name, params))
+
+
+def artifact_refs(value: Any) -> Iterator[ArtifactRef]:
+    """Every :class:`ArtifactRef` inside a result (dataclasses, lists, tuples, dicts)."""
+    if isinstance(value, ArtifactRef):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from artifact_refs(getattr(value, f.name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from artifact_refs(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from artifact_refs(item)
+
+
+def _missing_artifacts(store: ArtifactStore, record_bytes: bytes) -> list[str]:
+    from prefect.results import ResultRecord
+
+    try:
+        result = ResultRecord.deserialize(record_bytes).result
+    except Exception as e:  # unreadable (e.g. written by an older voxflow): recompute
+        return [f"unreadable cache record ({type(e).__name__})"]
+    missing = []
+    for ref in artifact_refs(result):
+        key = store.key_of(ref.uri)
+        if key is None or not store.exists(key):
+            missing.append(ref.uri)
+    return missing
+
+
+def drop_stale_record(store: ArtifactStore, cache_key: str) -> bool:
+    """Delete the cache record of a key when an artifact it references is gone; True if dropped."""
+    record_key = result_record_key(cache_key)
+    try:
+        record_bytes = store.get_bytes(record_key)
+    except ObjectNotFound:
+        return False
+    missing = _missing_artifacts(store, record_bytes)
+    if missing:
+        log.warning("cache record %s is stale (%s missing): recomputing", cache_key[:12], ", ".join(missing))
+        store.delete(record_key)
+    return bool(missing)
+
+
+@dataclass
+class StageCachePolicy(CachePolicy):
+    """Prefect cache policy of a stage: the content cache key, after dropping a stale record."""
+
+    spec: StageSpec | None = None
+    input_names: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:  # fmt: skip
+        assert self.spec is not None
+        identity = identify(self.spec, inputs, self.input_names)
+        if drop_stale_record(shared_store(inputs["settings"]), identity.cache_key) and task_ctx is not None:
+            task_ctx.result_store.cache.pop(identity.cache_key, None)
+        return identity.cache_key
+
+
+def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable:
+    def record_cache_hit(task_: Task, task_run: Any, state: Any) -> None:
+        if state.name != "Cached":
+            return
+        context = TaskRunContext.get()
+        parameters = dict(context.parameters) if context else {}
+        identity = identify(spec, parameters, input_names)
+        run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key, cache_hit=True,
+                       flow_run_id=str(task_run.flow_run_id) if task_run.flow_run_id else None,
+                       task_run_id=str(task_run.id), attempt=max(task_run.run_count, 1))  # fmt: skip
+        now = datetime.now(timezone.utc)
+        catalog = Catalog(shared_store(parameters["settings"]))
+        catalog.append("stage_runs", [stage_run_row(run, status="completed", started=now, ended=now, duration_s=0.0)])
+        if spec.on_cache_hit is not None:
+            spec.on_cache_hit(state.result(), parameters, catalog)
+
+    return record_cache_hit
+
+
+def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLockManager | None = None) -> Callable:
+    """Decorator: make a stage function ``fn(input, options, settings, ...)`` a cached, retrying task."""
+
+    def decorate(fn: Callable) -> Task:
+        signature = inspect.signature(fn)
+        names = list(signature.parameters)
+        if "settings" not in names:
+            raise TypeError(f"stage {spec.name!r}: the function needs a 'settings' parameter")
+        input_names = spec.inputs or (names[0],)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            parameters = signature.bind(*args, **kwargs).arguments
+            identity = identify(spec, parameters, input_names)
+            catalog = Catalog(shared_store(parameters["settings"]))
+            stage_run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key)
+            with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
+                return fn(*args, **kwargs)
+
+        policy = StageCachePolicy(
+            spec=spec,
+            input_names=input_names,
+            isolation_level=IsolationLevel.SERIALIZABLE,
+            lock_manager=lock_manager or FileLockManager(),
+        )
+        return task(
+            name=spec.name,
+            cache_policy=policy,
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
+            retry_jitter_factor=RETRY_JITTER,
+            retry_condition_fn=retry_transient,
+            on_completion=[_record_cache_hit(spec, input_names)],
+        )(run)
+
+    return decorate
+
+
+def with_results(stage: Task, result_storage: Any) -> Task:
+    """The stage task with its cache records on ``result_storage`` (a saved result-storage Block)."""
+    return stage.with_options(result_storage=result_storage)
