@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from flows.ingest import FilesFailed, ingest
-from storage.catalog import Catalog
 from storage.keys import parse_location
 from storage.settings import StoreSettings
 from storage.store import open_store
