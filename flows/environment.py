@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +33,26 @@ class Environment:
         return with_results(stage, self.results)
 
 
+_SAVED: dict[tuple[str | None, str], Any] = {}
+_SAVED_LOCK = threading.Lock()
+
+
+def _saved_results(api_url: str | None, results: Any) -> Any:
+    """Save the result-storage Block once per API and store in this process (a save is 3 API calls)."""
+    key = (api_url, results.block_name())
+    with _SAVED_LOCK:
+        if key not in _SAVED:
+            results.save(results.block_name(), overwrite=True)
+            _SAVED[key] = results
+        return _SAVED[key]
+
+
 def environment(storage_block: str | None) -> Environment:
     """Resolve the store (Block or environment) and save its result-storage Block (no secrets in it)."""
+    from prefect.settings import get_current_settings
+
     from blocks.results import VoxflowResults
 
     settings = store_settings(storage_block)
     results = VoxflowResults.for_store(settings, storage_block)
-    results.save(results.block_name(), overwrite=True)
-    return Environment(settings, results)
+    return Environment(settings, _saved_results(get_current_settings().api.url, results))

@@ -145,8 +145,35 @@ def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
     return audio
 
 
+WAVE_FORMAT_IEEE_FLOAT = 3
+RIFF_MAX_BYTES = (1 << 32) - 1
+
+
+def _float_wav(samples: np.ndarray, sample_rate_hz: int) -> bytes:
+    channels, frames = samples.shape
+    data = np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHHH", WAVE_FORMAT_IEEE_FLOAT, channels, sample_rate_hz, sample_rate_hz * channels * 4,
+                      channels * 4, 32, 0)  # fmt: skip
+    body = b"".join([
+        b"WAVE",
+        b"fmt ", struct.pack("<I", len(fmt)), fmt,
+        b"fact", struct.pack("<II", 4, frames),
+        b"data", struct.pack("<I", len(data)), data,
+    ])  # fmt: skip
+    if len(body) > RIFF_MAX_BYTES:
+        raise ValueError(f"{frames} frames x {channels} channels do not fit a WAV file (4 GiB)")
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 def encode_wav(samples: np.ndarray, sample_rate_hz: int, subtype: str = "FLOAT") -> bytes:
-    """WAV bytes of a ``(channels, samples)`` array (32-bit float by default)."""
+    """WAV bytes of a ``(channels, samples)`` array (32-bit float by default).
+
+    The same samples always give the same bytes, so artifact checksums (and the cache keys of the
+    stages that read them) depend on the audio only. libsndfile's float WAVs carry a PEAK chunk
+    with the time of writing, so float WAVs are written here directly.
+    """
+    if subtype == "FLOAT":
+        return _float_wav(np.asarray(samples, dtype=np.float32), sample_rate_hz)
     import soundfile as sf
 
     buffer = io.BytesIO()

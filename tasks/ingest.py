@@ -152,14 +152,12 @@ def _compute(store: ArtifactStore, catalog: Catalog, source: FetchedSource, opti
 
 
 def _record_source(result: IngestResult, parameters: dict, catalog: Catalog) -> None:
-    """On a cache hit, add a ``files`` row when these bytes arrive from a source URI not seen before."""
-    import pyarrow.dataset as ds
+    """On a cache hit of bytes first seen under another path, add a ``files`` row for this path.
 
+    The ``files`` primary key is (sha256, source_uri), so repeating this row never doubles it.
+    """
     source_uri = parameters["source_uri"]
-    known = catalog.dataset("files").to_table(
-        columns=["source_uri"], filter=ds.field("sha256") == result.source_sha256
-    )
-    if source_uri not in known.column("source_uri").to_pylist():
+    if source_uri != result.source_uri:
         moved = replace(result, source_uri=source_uri, source_name=source_uri.rstrip("/").rsplit("/", 1)[-1])
         catalog.append("files", [_files_row(moved, None)])
 

@@ -77,10 +77,18 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def _imported_torch():
+    """torch when some code has imported it completely (never importing it here), else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None  # not imported, or being imported by another thread right now
+    return torch
+
+
 def free_accelerator_memory() -> None:
     """Drop unreferenced tensors and return cached CUDA memory to the driver."""
     gc.collect()
-    torch = sys.modules.get("torch")
+    torch = _imported_torch()
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -105,7 +113,7 @@ def halving_batch_on_oom(compute: Callable[[int], T], batch_size: int) -> T:
 
 
 def _cuda_peak_start() -> bool:
-    torch = sys.modules.get("torch")
+    torch = _imported_torch()
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return False
     torch.cuda.reset_peak_memory_stats()
@@ -113,7 +121,7 @@ def _cuda_peak_start() -> bool:
 
 
 def _cuda_peak_bytes() -> int | None:
-    torch = sys.modules.get("torch")
+    torch = _imported_torch()
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return int(torch.cuda.max_memory_allocated())

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 from prefect.transactions import IsolationLevel
 
@@ -158,7 +159,8 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
         if state.name != "Cached":
             return
         context = TaskRunContext.get()
-        parameters = dict(context.parameters) if context else {}
+        # the parameters as submitted: upstream results may still be (finished) futures
+        parameters = {k: v.result() if isinstance(v, PrefectFuture) else v for k, v in context.parameters.items()}
         identity = identify(spec, parameters, input_names)
         run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key, cache_hit=True,
                        flow_run_id=str(task_run.flow_run_id) if task_run.flow_run_id else None,

@@ -1,0 +1,145 @@
+"""A three-stage chain built with the real stage mechanism, for testing it: ingest → gain → levels.
+
+``gain`` is marked as a GPU stage (it holds a ``gpu`` slot when slots are configured) and processes
+its audio in batches through :func:`tasks.runs.halving_batch_on_oom`; ``FAULTS`` injects failures.
+Each stage counts its computations in ``CALLS`` (cache hits never run the function).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.environment import Environment, environment
+from flows.pipelines import FilePipeline, FilesFailed, RunReport, register, run_files
+from flows.reporting import Progress
+from storage.keys import artifact_key
+from storage.refs import ArtifactRef
+from storage.settings import StoreSettings
+from storage.store import shared_store
+from tasks import audio
+from tasks.ingest import IngestOptions, IngestResult, ingest_file
+from tasks.runs import current_run, halving_batch_on_oom
+from tasks.stage import StageSpec, stage_task
+
+CALLS: Counter[str] = Counter()
+FAULTS: Counter[str] = Counter()  # "oom": raise OOM on that many compute calls; "oom_any_batch": even at 1
+
+
+@dataclass(frozen=True)
+class GainOptions:
+    gain_db: float = -6.0  # gain applied to the working audio
+    batch_size: int = 8  # chunks processed at once
+    hold_s: float = 0.0  # sleep before writing (lets tests overlap or kill a running stage)
+
+
+@dataclass(frozen=True)
+class LevelsOptions:
+    frame_s: float = 0.5  # RMS frame length
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    gain: GainOptions = field(default_factory=GainOptions)
+    levels: LevelsOptions = field(default_factory=LevelsOptions)
+
+
+@dataclass(frozen=True)
+class GainResult:
+    artifact: ArtifactRef
+    batch_size: int  # the batch that fit in memory
+
+    @property
+    def sha256(self) -> str:
+        return self.artifact.sha256
+
+
+@dataclass(frozen=True)
+class LevelsResult:
+    artifact: ArtifactRef
+    mean_db: float
+
+
+def _out_of_memory() -> Exception:
+    import torch
+
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def apply_gain(samples: np.ndarray, gain_db: float, batch_size: int, chunk: int = 4096) -> np.ndarray:
+    """Scale in batches of ``batch_size`` chunks (raises an injected OOM while ``FAULTS`` says so)."""
+    if FAULTS["oom_any_batch"] > 0 or (FAULTS["oom"] > 0 and batch_size > 1):
+        FAULTS["oom_any_batch" if FAULTS["oom_any_batch"] > 0 else "oom"] -= 1
+        raise _out_of_memory()
+    out = np.empty_like(samples)
+    step = chunk * batch_size
+    for start in range(0, samples.shape[-1], step):
+        out[:, start : start + step] = samples[:, start : start + step] * np.float32(10 ** (gain_db / 20))
+    return out
+
+
+@stage_task(StageSpec("gain", code_version="1", gpu=True))
+def gain(previous: IngestResult, options: GainOptions, settings: StoreSettings) -> GainResult:
+    CALLS["gain"] += 1
+    store = shared_store(settings)
+    samples, rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(previous.artifact.uri)))
+    used: list[int] = []
+
+    def compute(batch_size: int) -> np.ndarray:
+        used.append(batch_size)
+        return apply_gain(samples, options.gain_db, batch_size)
+
+    louder = halving_batch_on_oom(compute, options.batch_size)
+    time.sleep(options.hold_s)
+    marker = os.environ.get("VOXFLOW_TEST_STAGE_STARTED")
+    if marker:
+        open(marker, "a").close()
+        time.sleep(float(os.environ.get("VOXFLOW_TEST_STAGE_HOLD_S", "0")))
+    run = current_run()
+    info = store.put_bytes(artifact_key(previous.sha256, "gain", run.params_hash, "audio.wav"),
+                           audio.encode_wav(louder, rate))  # fmt: skip
+    return GainResult(ArtifactRef(info.uri, info.sha256, info.size_bytes, rate, *louder.shape), used[-1])
+
+
+@stage_task(StageSpec("levels", code_version="1"))
+def levels(previous: GainResult, options: LevelsOptions, settings: StoreSettings) -> LevelsResult:
+    CALLS["levels"] += 1
+    store = shared_store(settings)
+    samples, rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(previous.artifact.uri)))
+    frame = max(int(options.frame_s * rate), 1)
+    frames = samples[0, : samples.shape[-1] // frame * frame].reshape(-1, frame)
+    rms_db = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)) + 1e-12)
+    body = json.dumps({"frame_s": options.frame_s, "rms_db": rms_db.round(3).tolist()}).encode()
+    info = store.put_bytes(artifact_key(previous.sha256, "levels", current_run().params_hash, "levels.json"), body)
+    return LevelsResult(ArtifactRef(info.uri, info.sha256, info.size_bytes), float(rms_db.mean()))
+
+
+def submit_chain(source_uri: str, options: ChainOptions, env: Environment) -> list[PrefectFuture]:
+    first = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
+    second = env.stage(gain).submit(first, options.gain, env.settings)
+    return [first, second, env.stage(levels).submit(second, options.levels, env.settings)]
+
+
+CHAIN = register(FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainOptions, submit_chain, "test:1"))
+
+
+@flow(name="test-chain", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def chain(paths: list[str], options: ChainOptions = ChainOptions(), parallel_files: int = 2) -> RunReport:
+    """ingest → gain → levels on each file."""
+    env = environment(None)
+    from storage.sources import expand_sources
+
+    sources = expand_sources(paths, env.settings, audio.SUPPORTED_FORMATS)
+    report = RunReport(run_files(CHAIN, sources, options, env, parallel_files, Progress("test-chain", len(sources))))
+    if report.failed:
+        raise FilesFailed(report)
+    return report
