@@ -168,6 +168,7 @@ STAGE_RUNS = TableSpec(
             ("ended_at", TIMESTAMP),
             ("duration_s", pa.float64()),
             ("device", pa.string()),
+            ("worker", pa.string()),  # host:pid of the process that ran it
             ("peak_rss_bytes", pa.int64()),
             ("peak_cuda_bytes", pa.int64()),  # null when no GPU was used
             ("error_class", pa.string()),

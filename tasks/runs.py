@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gc
+import os
 import resource
+import socket
 import sys
 import time
 import uuid
@@ -171,6 +173,7 @@ def stage_run_row(run: StageRun, *, status: str, started: datetime, ended: datet
         "ended_at": ended,
         "duration_s": duration_s,
         "device": run.device,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
         "peak_rss_bytes": _peak_rss_bytes(),
         "peak_cuda_bytes": peak_cuda_bytes,
         "error_class": type(error).__name__ if error else None,

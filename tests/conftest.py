@@ -113,3 +113,91 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the S3 server that answers 503 SlowDown to the first N matching requests."""
+
+    def __init__(self, upstream: str, fail_first: int, method: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        self.fail_first, self.method, self.failed = fail_first, method, 0
+        lock = threading.Lock()
+        target = urlparse(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("Transfer-Encoding", ""):
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = b""  # forwarded as it came: chunks, last chunk and trailers
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    size = int(line.split(b";")[0].strip(), 16)
+                    if size == 0:
+                        break
+                    raw += self.rfile.read(size + 2)
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    if line in (b"\r\n", b"\n", b""):
+                        return raw
+
+            def _forward(self) -> None:
+                body = self._body()
+                with lock:
+                    fail = self.command == proxy.method and proxy.failed < proxy.fail_first
+                    proxy.failed += fail
+                if fail:
+                    error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = target.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def flaky_s3(s3_endpoint):
+    """``make(fail_first, method="PUT")``: a proxy URL to the S3 server that fails the first requests."""
+    proxies: list[FlakyS3] = []
+
+    def make(fail_first: int, method: str = "PUT") -> FlakyS3:
+        proxies.append(FlakyS3(s3_endpoint, fail_first, method))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

@@ -1,0 +1,140 @@
+"""The scheduled ``ingest_folder`` flow: new files only, failures isolated, S3 faults healed, Dask scale-out."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import boto3
+import pytest
+
+from flows.ingest_folder import ingest_folder
+from flows.pipelines import FilesFailed
+from storage.keys import parse_location
+from storage.settings import StoreSettings
+from tests.conftest import CORPUS
+from tests.synth import tone_and_noise, write_audio
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+CORPUS_FILES = 9
+
+
+def _artifacts_of_run(state) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    return {a.key: a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id}
+
+
+def test_corpus_then_everything_already_processed(tmp_path, use_store):
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    first = ingest_folder(source=str(CORPUS), return_state=True)
+    report = first.result()
+    assert first.is_completed() and report.count("done") == CORPUS_FILES
+    artifacts = _artifacts_of_run(first)
+    assert artifacts["ingest-folder-progress"].data == 100.0
+    table = artifacts["ingest-folder-summary"]
+    assert "jfk.flac" in str(table.data) and "/ingest/" in str(table.data)  # one row per file, links to outputs
+
+    second = ingest_folder(source=str(CORPUS)).summary()
+    assert second == f"{CORPUS_FILES} file(s): 0 done, 0 cached, {CORPUS_FILES} already processed, 0 failed"
+    assert len(catalog.frame("processed")) == CORPUS_FILES
+    assert catalog.frame("stage_runs")["cache_hit"].sum() == 0  # skipped files never reach their stages
+
+
+def test_new_and_changed_files_run_again_and_pattern_selects(tmp_path, use_store):
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    inbox = tmp_path / "inbox"
+    (inbox / "day1").mkdir(parents=True)
+    write_audio(inbox / "day1" / "a.wav", tone_and_noise(1, 16000, 1.0, seed=1), 16000)
+    write_audio(inbox / "day1" / "b.flac", tone_and_noise(2, 44100, 1.0, seed=2), 44100)
+    assert ingest_folder(source=str(inbox), pattern="*.wav").count("done") == 1
+    assert ingest_folder(source=str(inbox)).summary() == "2 file(s): 1 done, 0 cached, 1 already processed, 0 failed"
+
+    write_audio(inbox / "day1" / "a.wav", tone_and_noise(1, 16000, 2.0, seed=3), 16000)  # replaced
+    write_audio(inbox / "c.wav", tone_and_noise(1, 8000, 1.0, seed=4), 8000)  # new
+    report = ingest_folder(source=str(inbox))
+    assert sorted((o.source_uri.rsplit("/", 1)[1], o.status) for o in report.outcomes) == [
+        ("a.wav", "done"), ("b.flac", "skipped"), ("c.wav", "done")]  # fmt: skip
+    assert len(catalog.frame("files")) == 4  # the replaced file's bytes are a new source
+
+
+def test_other_parameters_process_the_folder_again(tmp_path, use_store):
+    use_store(StoreSettings(location=str(tmp_path / "store")))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CORPUS / "denoise_babble" / "speech.wav", folder)
+    ingest_folder(source=str(folder))
+    assert ingest_folder(source=str(folder), params={"sample_rate_hz": 8000}).count("done") == 1
+    with pytest.raises(ValueError, match="invalid parameters for the 'ingest' flow: sample_rate_hz"):
+        ingest_folder(source=str(folder), params={"sample_rate_hz": "fast"})
+
+
+def test_partial_failure_state_and_bad_files_are_not_retried_on_the_next_run(tmp_path, use_store):
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(CORPUS / "denoise_babble" / "speech.wav", folder)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00")
+    state = ingest_folder(source=str(folder), return_state=True)
+    assert state.is_failed() and state.name == "Partially failed"
+    assert state.message == "2 file(s): 1 done, 0 cached, 1 failed"
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, FilesFailed) and error.report.failed[0].error.startswith("cannot decode 'broken.wav'")
+
+    again = ingest_folder(source=str(folder), return_state=True)
+    assert again.is_completed() and again.result().count("skipped") == 2
+    processed = catalog.frame("processed").set_index("source_uri")
+    assert list(processed["status"].sort_values()) == ["done", "failed"]
+
+
+def test_s3_prefix_with_an_endpoint_failing_the_first_writes(s3_settings, use_store, flaky_s3):
+    flaky = flaky_s3(fail_first=6)  # boto3 sends a request up to 6 times: only the stage retry can heal this
+    settings = dataclasses.replace(s3_settings, endpoint_url=flaky.url)
+    catalog = use_store(settings)
+    location = parse_location(s3_settings.location)
+    client = boto3.client("s3", endpoint_url=s3_settings.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id=s3_settings.access_key_id,
+                          aws_secret_access_key=s3_settings.secret_access_key)  # fmt: skip
+    for name in ("denoise_babble/speech.wav", "music_vocals_mp3/audio_example.mp3", "clone_ref_lj/LJ050-0131.wav"):
+        client.upload_file(str(CORPUS / name), location.bucket, f"drop/{name}")
+    client.put_object(Bucket=location.bucket, Key="drop/notes.txt", Body=b"not audio")
+
+    report = ingest_folder(source=f"s3://{location.bucket}/drop", pattern="*/*.wav", parallel_files=1)
+    assert flaky.failed == 6
+    assert report.count("done") == 2 and not report.failed  # the mp3 does not match the pattern
+    runs = catalog.frame("stage_runs").sort_values(["recorded_at"])
+    failed = runs[runs["status"] == "failed"]
+    assert list(failed["error_class"]) == ["TransientStorageError"] and list(failed["attempt"]) == [1]
+    assert list(runs[runs["status"] == "completed"]["attempt"]).count(2) == 1
+    assert ingest_folder(source=f"s3://{location.bucket}/drop", pattern="*/*.wav").count("skipped") == 2
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_same_results_as_the_default_runner(s3_settings, s3_endpoint, use_store, tmp_path):
+    from prefect_dask import DaskTaskRunner
+
+    location = parse_location(s3_settings.location)
+    default_settings = dataclasses.replace(s3_settings, location=f"s3://{location.bucket}/default")
+    dask_settings = dataclasses.replace(s3_settings, location=f"s3://{location.bucket}/dask")
+
+    use_store(default_settings)
+    default = ingest_folder(source=str(CORPUS))
+    catalog = use_store(dask_settings)
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    dask = ingest_folder.with_options(task_runner=runner)(source=str(CORPUS))
+
+    assert dask.count("done") == default.count("done") == CORPUS_FILES
+    summaries = {o.source_uri: (o.status, o.result.summary(), o.result.artifact.sha256) for o in default.outcomes}
+    assert {o.source_uri: (o.status, o.result.summary(), o.result.artifact.sha256) for o in dask.outcomes} == summaries
+    from storage.catalog import Catalog
+    from storage.store import open_store
+
+    columns = ["sha256", "source_uri", "duration_s", "integrated_lufs", "peak"]
+    by_runner = [Catalog(open_store(s)).frame("files")[columns].sort_values("sha256").reset_index(drop=True)
+                 for s in (default_settings, dask_settings)]  # fmt: skip
+    assert by_runner[0].equals(by_runner[1])
+    workers = {int(w.rsplit(":", 1)[1]) for w in catalog.frame("stage_runs")["worker"]}
+    assert workers and os.getpid() not in workers  # the stages ran in the Dask worker processes
