@@ -138,7 +138,7 @@ def cmd_blocks_save_storage(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_all
 
-    serve_all()
+    serve_all(args.inbox, args.cron)
     return 0
 
 
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_blocks_save_storage)
 
     p = commands.add_parser("serve", help="serve every flow as a deployment on this machine (flow.serve)")
+    p.add_argument("--inbox", help="folder or s3:// prefix the scheduled ingest-folder watches "
+                   "(default $VOXFLOW_INBOX or ./inbox)")  # fmt: skip
+    p.add_argument("--cron", help="ingest-folder cron schedule (default every 10 minutes)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -1,26 +1,42 @@
 """Deployments of every flow, for ``voxflow serve`` (flow.serve, no work pool needed).
 
 ``prefect.yaml`` declares the same deployments for the work-pool route (``prefect deploy``).
+``ingest-folder`` runs on a cron schedule (every 10 minutes by default) over the inbox folder or
+bucket prefix; every deployment can also be run on demand from the UI's parameter form.
 """
 
 from __future__ import annotations
 
+import os
+
 from prefect import serve
+from prefect.schedules import Cron
 
 from flows.ingest import ingest
+from flows.ingest_folder import SCHEDULE_CRON, ingest_folder
+
+DEFAULT_INBOX = "inbox"
 
 
-def deployments() -> list:
-    """One deployment per flow, named after the flow."""
+def deployments(inbox: str | None = None, cron: str | None = None) -> list:
+    """One deployment per flow, named after the flow; ``ingest-folder`` watches ``inbox`` on ``cron``."""
+    inbox = inbox or os.environ.get("VOXFLOW_INBOX") or os.path.abspath(DEFAULT_INBOX)
     return [
         ingest.to_deployment(
             name="ingest",
             description="Decode, measure and store audio files as 16 kHz mono WAV (files, artifacts, stage_runs rows).",
             tags=["voxflow"],
         ),
+        ingest_folder.to_deployment(
+            name="ingest-folder",
+            description="Run a flow on every file of a folder or s3:// prefix not yet processed with its parameters.",
+            tags=["voxflow"],
+            schedule=Cron(cron or SCHEDULE_CRON),
+            parameters={"source": inbox},
+        ),
     ]
 
 
-def serve_all() -> None:
+def serve_all(inbox: str | None = None, cron: str | None = None) -> None:
     """Serve every deployment from this process until interrupted."""
-    serve(*deployments())
+    serve(*deployments(inbox, cron))

@@ -31,12 +31,19 @@ INGEST = register(FilePipeline("ingest", (STAGE,), IngestOptions, submit_ingest,
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def ingest(
-    paths: Annotated[list[str], Field(description="Audio files, folders or s3:// URIs (wav, flac, mp3, ogg, m4a...).")],
+    paths: list[str],
     options: IngestOptions = IngestOptions(),
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS, description="Files processed at once.")] = DEFAULT_PARALLEL_FILES,
-    storage_block: Annotated[str | None, Field(description="Name of a voxflow-storage Block; empty: environment.")] = None,
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    storage_block: str | None = None,
 ) -> RunReport:
-    """Decode, measure and store each file as 16 kHz mono float WAV with files/artifacts/stage_runs rows."""
+    """Decode, measure and store each file as 16 kHz mono float WAV with files/artifacts/stage_runs rows.
+
+    Args:
+        paths: Audio files, folders or s3:// URIs (wav, flac, mp3, ogg, m4a...).
+        options: How each file becomes the working audio.
+        parallel_files: How many files are processed at once.
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+    """
     env = environment(storage_block)  # 1. choose the store
     sources = expand_sources(paths, env.settings, SUPPORTED_FORMATS)  # 2. list the input files
     progress = Progress("ingest", len(sources))

@@ -51,17 +51,26 @@ def _final_state(report: RunReport) -> State | RunReport:
 
 @flow(name="ingest-folder", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def ingest_folder(
-    source: Annotated[str, Field(description="Local folder or s3://bucket/prefix to scan for audio files.")],
-    pattern: Annotated[str, Field(description="fnmatch pattern on paths below the source; * also crosses folders.")] = "*",
-    pipeline: Annotated[PipelineName, Field(description="The flow to run on each new file.")] = "ingest",
-    params: Annotated[dict[str, Any], Field(description='That flow\'s options, e.g. {"sample_rate_hz": 16000}.')] = {},
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS, description="Files processed at once.")] = DEFAULT_PARALLEL_FILES,
-    storage_block: Annotated[str | None, Field(description="Name of a voxflow-storage Block; empty: environment.")] = None,
+    source: str,
+    pattern: str = "*",
+    pipeline: PipelineName = "ingest",
+    params: dict[str, Any] | None = None,
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    storage_block: str | None = None,
 ) -> RunReport:
-    """Find the files of a folder not yet processed by a flow with these parameters, and process them."""
+    """Find the files of a folder not yet processed by a flow with these parameters, and process them.
+
+    Args:
+        source: Local folder or s3://bucket/prefix to scan for audio files.
+        pattern: fnmatch pattern on the paths below the source; * also crosses folders (e.g. */*.wav).
+        pipeline: The flow to run on each new file.
+        params: That flow's options, e.g. {"sample_rate_hz": 16000}; empty for its defaults.
+        parallel_files: How many files are processed at once.
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+    """
     env = environment(storage_block)  # 1. choose the store
     chosen = PIPELINES[pipeline]
-    options = chosen.options(params)  # 2. validate the chosen flow's parameters
+    options = chosen.options(params or {})  # 2. validate the chosen flow's parameters
     entries = list_sources([source], env.settings, SUPPORTED_FORMATS, pattern)  # 3. list the folder
     catalog = Catalog(shared_store(env.settings))
     todo, done_before = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files

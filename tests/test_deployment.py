@@ -77,21 +77,23 @@ def prefect_server(tmp_path):
         log.close()
 
 
-def test_served_ingest_deployment_run_from_the_prefect_cli(prefect_server, tmp_path):
+def _deployment(api: str, name: str) -> dict:
+    with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path):
     env = prefect_server
     log = open(tmp_path / "serve.log", "w")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
     serve = subprocess.Popen(
-        [str(BIN / "voxflow"), "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [str(BIN / "voxflow"), "serve", "--inbox", str(inbox)], env=env, cwd=tmp_path, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         api = env["PREFECT_API_URL"]
-
-        def deployment_exists() -> bool:
-            request = urllib.request.Request(f"{api}/deployments/name/ingest/ingest")
-            return urllib.request.urlopen(request, timeout=2).status == 200
-
-        _wait(deployment_exists, 120, "voxflow serve", serve)
+        _wait(lambda: bool(_deployment(api, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
         jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
         run = subprocess.run(
             [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "-p", f"paths={json.dumps([jfk])}",
@@ -103,6 +105,24 @@ def test_served_ingest_deployment_run_from_the_prefect_cli(prefect_server, tmp_p
         files = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("files")
         assert list(files["source_name"]) == ["jfk.flac"]
         assert files["flow_run_id"].notna().all()
+
+        folder = _deployment(api, "ingest-folder/ingest-folder")
+        assert folder["parameters"] == {"source": str(inbox)}
+        assert [s["schedule"]["cron"] for s in folder["schedules"]] == ["*/10 * * * *"]
+        schema = folder["parameter_openapi_schema"]["properties"]
+        assert schema["pattern"]["default"] == "*" and "fnmatch" in schema["pattern"]["description"]
+        assert "ingest" in str(schema["pipeline"]) and schema["parallel_files"]["minimum"] == 1
+        for name in ("speech.wav", "speech_bab_0dB.wav"):
+            (inbox / name).write_bytes((CORPUS / "denoise_babble" / name).read_bytes())
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "ingest-folder/ingest-folder", "-p", "parallel_files=2",
+             "-p", 'params={"sample_rate_hz": 8000}', "--watch", "--watch-timeout", "240"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        processed = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("processed")
+        assert sorted(processed["source_uri"].str.rsplit("/", n=1).str[1]) == ["speech.wav", "speech_bab_0dB.wav"]
+        assert set(processed["status"]) == {"done"}
     finally:
         _stop(serve)
         log.close()
@@ -119,4 +139,4 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
-    assert "ingest/ingest" in listed.stdout
+    assert "ingest/ingest" in listed.stdout and "ingest-folder/ingest-folder" in listed.stdout
