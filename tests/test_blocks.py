@@ -27,7 +27,7 @@ def _save_s3_block(name: str, settings) -> None:
 
 
 def test_register_and_roundtrip_by_name(s3_settings):
-    assert register_block_types() == ["voxflow-storage", "voxflow-models"]
+    assert register_block_types() == ["voxflow-storage", "voxflow-models", "voxflow-results"]
     _save_s3_block("test-s3", s3_settings)
     loaded = VoxflowStorage.load("test-s3")
     assert loaded.settings() == s3_settings
@@ -59,6 +59,27 @@ def test_flow_uses_the_named_storage_block(s3_settings, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     _save_s3_block("flow-s3", s3_settings)
     report = ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], storage_block="flow-s3")
-    assert report.count("ingested") == 1
+    assert report.count("done") == 1
     files = Catalog(open_store(s3_settings)).frame("files")
     assert list(files["source_name"]) == ["speech.wav"]
+    again = ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], storage_block="flow-s3")
+    assert again.count("cached") == 1  # the cache records on S3 are read with the Block's credentials
+    assert open_store(s3_settings).list("results/")
+    from blocks.results import VoxflowResults
+
+    results = [b for b in _saved_documents() if b["block_type_slug"] == VoxflowResults.get_block_type_slug()]
+    assert results and results[0]["data"]["storage_block"] == "flow-s3"
+    assert s3_settings.secret_access_key not in str(results)  # the result-storage Block holds no secret
+
+
+def _saved_documents() -> list[dict]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[dict]:
+        async with get_client() as client:
+            docs = await client.read_block_documents(include_secrets=True)
+            return [{"block_type_slug": d.block_type.slug, "data": d.data} for d in docs]
+
+    return asyncio.run(read())

@@ -17,7 +17,7 @@ def _file_row(sha: str, uri: str, duration: float) -> dict:
 
 
 def test_every_table_has_an_explicit_schema_with_its_key():
-    assert set(TABLES) == {"files", "artifacts", "segments", "syntheses", "stage_runs"}
+    assert set(TABLES) == {"files", "artifacts", "segments", "syntheses", "stage_runs", "processed"}
     for spec in TABLES.values():
         assert "recorded_at" in spec.schema.names
         assert set(spec.primary_key) <= set(spec.schema.names)
