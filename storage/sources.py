@@ -151,7 +151,8 @@ def fetch_source(uri: str, settings: StoreSettings) -> Iterator[FetchedSource]:
         path = Path(location.path)
         if not path.is_file():
             raise ObjectNotFound(uri)
-        yield FetchedSource(file_uri(path), path, sha256_file(path), path.stat().st_size)
+        uri = file_uri(path)  # its hash is usually known already: the stage cache key needed it
+        yield FetchedSource(uri, path, source_sha256(uri, settings), path.stat().st_size)
         return
     store = S3Store(location.bucket, "", settings=settings)
     suffix = Path(location.path).suffix
