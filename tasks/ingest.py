@@ -15,12 +15,12 @@ import numpy as np
 from pydantic import Field
 
 from storage.catalog import Catalog
-from storage.keys import artifact_key
 from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from storage.sources import FetchedSource, fetch_source
-from storage.store import ArtifactStore, shared_store
+from storage.store import shared_store
 from tasks import audio
+from tasks.outputs import write_audio
 from tasks.runs import StageRun, current_run
 from tasks.stage import StageSpec, stage_task
 
@@ -126,28 +126,14 @@ def _files_row(result: IngestResult, flow_run_id: str | None) -> dict:
     }
 
 
-def _artifact_row(ref: ArtifactRef, key: str, input_sha256: str, params: str, run: StageRun) -> dict:
-    return {
-        "uri": ref.uri, "key": key, "sha256": ref.sha256, "size_bytes": ref.size_bytes,
-        "input_sha256": input_sha256, "stage": STAGE, "params_hash": params, "name": AUDIO_NAME,
-        "media_type": "audio/wav", "sample_rate_hz": ref.sample_rate_hz, "channels": ref.channels,
-        "frames": ref.frames, "duration_s": ref.duration_s,
-        "flow_run_id": run.flow_run_id, "task_run_id": run.task_run_id,
-    }  # fmt: skip
-
-
-def _compute(store: ArtifactStore, catalog: Catalog, source: FetchedSource, options: IngestOptions,
-             run: StageRun) -> IngestResult:  # fmt: skip
+def _compute(settings: StoreSettings, source: FetchedSource, options: IngestOptions, run: StageRun) -> IngestResult:
     """Decode, measure, preprocess and write the artifact, then its catalog rows."""
     decoded = audio.decode_file(source.path, source.name)
     stats = measure(decoded)
     working = preprocess(decoded.samples, decoded.sample_rate_hz, options)
-    key = artifact_key(source.sha256, STAGE, run.params_hash, AUDIO_NAME)
-    info = store.put_bytes(key, audio.encode_wav(working, options.sample_rate_hz))
-    ref = ArtifactRef(info.uri, info.sha256, info.size_bytes, options.sample_rate_hz, *working.shape)
+    ref = write_audio(settings, AUDIO_NAME, working, options.sample_rate_hz, run=run)
     result = IngestResult(source.uri, source.name, source.sha256, source.size_bytes, stats, ref)
-    catalog.append("artifacts", [_artifact_row(ref, key, source.sha256, run.params_hash, run)])
-    catalog.append("files", [_files_row(result, run.flow_run_id)])
+    Catalog(shared_store(settings)).append("files", [_files_row(result, run.flow_run_id)])
     return result
 
 
@@ -168,6 +154,5 @@ INGEST = StageSpec(STAGE, code_version=CODE_VERSION, on_cache_hit=_record_source
 @stage_task(INGEST)
 def ingest_file(source_uri: str, options: IngestOptions, settings: StoreSettings) -> IngestResult:
     """Ingest one source file into the store as the pipeline's working audio."""
-    store = shared_store(settings)
     with fetch_source(source_uri, settings) as source:
-        return _compute(store, Catalog(store), source, options, current_run())
+        return _compute(settings, source, options, current_run())

@@ -77,6 +77,8 @@ class StageIdentity:
 
 
 def _sha256_of(value: Any, settings: StoreSettings) -> str:
+    if value is None:  # an optional input left out (e.g. no diarization before transcription)
+        return "none"
     if isinstance(value, str):
         return source_sha256(value, settings)
     sha = getattr(value, "sha256", None)

@@ -1,0 +1,187 @@
+"""Where models come from and where they run: the model folder, the hub, the device, residency.
+
+A model name resolves to a local folder first, ``<model dir>/<library>/...`` in the layout that
+library's own loader reads, and only then to the library's own hub download::
+
+    <model dir>/
+      whisper/<name>.pt                         openai-whisper checkpoint (dims + model_state_dict)
+      demucs/<name>.yaml, <sig>.th              a demucs local repo (``get_model(name, repo=...)``)
+      denoiser/<name>.th                        denoiser package (klass, args, kwargs, state)
+      pyannote/<repo name>/config.yaml, ...     a pyannote pipeline folder (``Pipeline.from_pretrained``)
+
+The model dir is the ``voxflow-models`` Block's ``model_dir``, else ``VOXFLOW_MODEL_DIR``. The Hugging
+Face token (gated pyannote models) is the Block's ``hf_token``, else ``HF_TOKEN``. Models are loaded
+lazily, once per process and device, through :data:`RESIDENT`; on a GPU only the models of the stage
+running now stay resident, so the next stage finds the memory free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from pydantic import SecretStr
+
+MODEL_DIR_ENV = "VOXFLOW_MODEL_DIR"
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ModelNotFound(RuntimeError):
+    """A model is neither in the model folder nor downloadable."""
+
+
+class GatedModelError(ModelNotFound):
+    """A gated Hugging Face model needs a token (and its conditions accepted)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where a process finds its models and on which device it runs them (chosen once per flow run)."""
+
+    model_dir: str | None = None  # folder in each library's layout; None: hub downloads only
+    device: Device = "auto"  # auto: CUDA when present, else CPU
+    hf_token: SecretStr | None = field(default=None, compare=False)  # for gated models; never logged
+
+    @classmethod
+    def from_env(cls) -> "ModelSettings":
+        """``VOXFLOW_MODEL_DIR``, ``VOXFLOW_DEVICE`` and ``HF_TOKEN`` from the environment."""
+        token = os.environ.get("HF_TOKEN")
+        device = os.environ.get("VOXFLOW_DEVICE", "auto")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"VOXFLOW_DEVICE must be auto, cpu or cuda, got {device!r}")
+        return cls(os.environ.get(MODEL_DIR_ENV) or None, device, SecretStr(token) if token else None)  # type: ignore[arg-type]
+
+    @property
+    def folder(self) -> Path | None:
+        return Path(self.model_dir).expanduser() if self.model_dir else None
+
+    def token(self) -> str | None:
+        """The Hugging Face token: this setting's, else ``HF_TOKEN``."""
+        if self.hf_token is not None:
+            return self.hf_token.get_secret_value()
+        return os.environ.get("HF_TOKEN") or None
+
+    def torch_device(self) -> str:
+        return resolve_device(self.device)
+
+    def local(self, library: str, *parts: str) -> Path | None:
+        """``<model dir>/<library>/<parts...>`` when it exists, else None."""
+        if self.folder is None:
+            return None
+        path = self.folder.joinpath(library, *parts)
+        return path if path.exists() else None
+
+    def library_dir(self, library: str) -> Path:
+        """The library's subfolder of the model dir (for downloads into it)."""
+        if self.folder is None:
+            raise ModelNotFound(f"no model folder: set {MODEL_DIR_ENV} or the voxflow-models Block's model_dir")
+        return self.folder / library
+
+
+def resolve_device(device: str) -> str:
+    """``cuda`` or ``cpu`` from ``auto``/``cpu``/``cuda``, with a clear error for CUDA without a GPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA GPU (use 'auto' or 'cpu')")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+@contextlib.contextmanager
+def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
+    """Turn Hugging Face hub failures into one-line errors that say what to do (never the token)."""
+    try:
+        yield
+    except Exception as e:
+        kind = type(e).__name__
+        if kind in ("GatedRepoError",) or "401" in str(e) or "403" in str(e):
+            where = f" accept its conditions at {gated_url} and" if gated_url else ""
+            raise GatedModelError(
+                f"model {name!r} is gated on Hugging Face:{where} set HF_TOKEN or the voxflow-models Block's hf_token"
+            ) from None
+        if kind in ("RepositoryNotFoundError", "LocalEntryNotFoundError", "EntryNotFoundError", "HFValidationError",
+                    "RevisionNotFoundError", "OfflineModeIsEnabled"):  # fmt: skip
+            raise ModelNotFound(
+                f"model {name!r} is not in the model folder and could not be downloaded ({kind}); "
+                f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}"
+            ) from None
+        raise
+
+
+class ResidentModels:
+    """Loaded models, keyed by (library, name, device, folder): each is loaded once per process.
+
+    CPU models stay (up to ``cpu_capacity``, least recently used dropped). On a GPU only the models
+    of one stage stay resident: loading another stage's model first releases the others, so the GPU
+    memory goes to the stage running now.
+    """
+
+    def __init__(self, cpu_capacity: int = 8) -> None:
+        self._models: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self._cpu_capacity = cpu_capacity
+
+    def get(self, key: tuple, device: str, load: Callable[[], Any], *, stage: str) -> Any:
+        """The model under ``key`` on ``device``, loading it with ``load()`` on first use."""
+        full = (stage, device, *key)
+        with self._lock:
+            if full in self._models:
+                self._models.move_to_end(full)
+                return self._models[full]
+            if device.startswith("cuda"):
+                self._release(lambda k: k[1] == device and k[0] != stage)
+            model = load()
+            self._models[full] = model
+            cpu = [k for k in self._models if not k[1].startswith("cuda")]
+            for k in cpu[: max(len(cpu) - self._cpu_capacity, 0)]:
+                del self._models[k]
+            return model
+
+    def release(self, stage: str | None = None) -> None:
+        """Drop the models of one stage (all when None) and free their accelerator memory."""
+        with self._lock:
+            self._release(lambda k: stage is None or k[0] == stage)
+
+    def _release(self, matches: Callable[[tuple], bool]) -> None:
+        doomed = [k for k in self._models if matches(k)]
+        for k in doomed:
+            del self._models[k]
+        if doomed:
+            from tasks.runs import free_accelerator_memory
+
+            free_accelerator_memory()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+RESIDENT = ResidentModels()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A stage's default model: how to download it into the model folder and tell if it is there."""
+
+    stage: str
+    library: str  # subfolder of the model dir
+    name: str  # default name (e.g. "large-v3", "htdemucs", "pyannote/speaker-diarization-community-1")
+    pull: Callable[[str, ModelSettings], Path]  # downloads ``name`` into the model folder, returns its path
+    present: Callable[[str, ModelSettings], Path | None]  # its local path when present
+    gated: bool = False
+
+
+MODEL_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_model_source(source: ModelSource) -> ModelSource:
+    MODEL_SOURCES[source.stage] = source
+    return source
