@@ -7,6 +7,7 @@ import os
 # Before torch or numpy start thread pools: on a 2-core machine, 1 thread per process is fastest.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may download; a wrong local path fails fast
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "VOXFLOW_STORAGE"):
     os.environ.pop(name, None)
@@ -201,3 +202,37 @@ def flaky_s3(s3_endpoint):
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+class TinyModels:
+    """One session folder of tiny random-weight models, each library built on first request."""
+
+    def __init__(self, root) -> None:
+        import threading
+
+        self.root = root
+        self._built: set[str] = set()
+        self._lock = threading.Lock()
+
+    def build(self, *libraries: str):
+        """The model folder, with the tiny models of ``libraries`` written into it."""
+        from tasks import random_models
+
+        with self._lock:
+            for library in libraries:
+                if library not in self._built:
+                    random_models.build(library, self.root, "tiny")
+                    self._built.add(library)
+        return self.root
+
+    def settings(self, *libraries: str):
+        """``ModelSettings`` on the CPU pointing at the folder, with ``libraries`` built."""
+        from tasks.models import ModelSettings
+
+        return ModelSettings(model_dir=str(self.build(*libraries)), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    """Tiny random-weight models of the real architectures in the real on-disk formats (no download)."""
+    return TinyModels(tmp_path_factory.mktemp("models"))
