@@ -7,6 +7,8 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from tasks.models import ModelSettings
+
 
 class VoxflowModels(Block):
     """How voxflow finds and runs models."""
@@ -19,3 +21,8 @@ class VoxflowModels(Block):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when present.")
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token (pyannote models are gated).")
+
+    def settings(self) -> ModelSettings:
+        """What the stages need (the token stays a SecretStr); unset fields fall back to the environment."""
+        env = ModelSettings.from_env()
+        return ModelSettings(self.model_dir or env.model_dir, self.device, self.hf_token or env.hf_token)

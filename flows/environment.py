@@ -9,6 +9,7 @@ from typing import Any
 from prefect import Task
 
 from storage.settings import StoreSettings
+from tasks.models import ModelSettings
 from tasks.stage import with_results
 
 
@@ -21,12 +22,22 @@ def store_settings(storage_block: str | None) -> StoreSettings:
     return VoxflowStorage.load(storage_block).settings()
 
 
+def model_settings(models_block: str | None) -> ModelSettings:
+    """Model folder, device and HF token from the named ``voxflow-models`` Block, else the environment."""
+    if not models_block:
+        return ModelSettings.from_env()
+    from blocks.models import VoxflowModels
+
+    return VoxflowModels.load(models_block).settings()
+
+
 @dataclass(frozen=True)
 class Environment:
-    """The store of a flow run and the saved result storage that puts cache records on it."""
+    """The store of a flow run, the saved result storage that puts cache records on it, and the models."""
 
     settings: StoreSettings
     results: Any  # blocks.results.VoxflowResults, saved
+    models: ModelSettings = ModelSettings()
 
     def stage(self, stage: Task) -> Task:
         """A stage task bound to this run's store for its cache records."""
@@ -47,12 +58,12 @@ def _saved_results(api_url: str | None, results: Any) -> Any:
         return _SAVED[key]
 
 
-def environment(storage_block: str | None) -> Environment:
-    """Resolve the store (Block or environment) and save its result-storage Block (no secrets in it)."""
+def environment(storage_block: str | None, models_block: str | None = None) -> Environment:
+    """Resolve the store and the models (Blocks or environment); save the result-storage Block (no secrets)."""
     from prefect.settings import get_current_settings
 
     from blocks.results import VoxflowResults
 
     settings = store_settings(storage_block)
     results = VoxflowResults.for_store(settings, storage_block)
-    return Environment(settings, _saved_results(get_current_settings().api.url, results))
+    return Environment(settings, _saved_results(get_current_settings().api.url, results), model_settings(models_block))

@@ -10,20 +10,17 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import Environment, environment
-from flows.pipelines import FilePipeline, FilesFailed, RunReport, register, run_files
-from flows.reporting import Progress, publish_table
-from storage.sources import expand_sources
-from tasks.audio import SUPPORTED_FORMATS
+from flows.environment import Environment
+from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
 from tasks.ingest import CODE_VERSION, STAGE, IngestOptions, ingest_file
 
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
 MAX_THREADS = 32  # the task runner's bound; parallelism is set per run by ``parallel_files``
 
 
-def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> list[PrefectFuture]:
+def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain of this flow: one stage."""
-    return [env.stage(ingest_file).submit(source_uri, options, env.settings)]
+    return {STAGE: env.stage(ingest_file).submit(source_uri, options, env.settings)}
 
 
 INGEST = register(FilePipeline("ingest", (STAGE,), IngestOptions, submit_ingest, version=f"{STAGE}:{CODE_VERSION}"))
@@ -44,11 +41,4 @@ def ingest(
         parallel_files: How many files are processed at once.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
     """
-    env = environment(storage_block)  # 1. choose the store
-    sources = expand_sources(paths, env.settings, SUPPORTED_FORMATS)  # 2. list the input files
-    progress = Progress("ingest", len(sources))
-    report = RunReport(run_files(INGEST, sources, options, env, parallel_files, progress))  # 3. ingest each
-    publish_table("ingest-summary", [o.row() for o in report.outcomes], report.summary())  # 4. publish
-    if report.failed:
-        raise FilesFailed(report)
-    return report
+    return run_pipeline(INGEST, paths, options, parallel_files, storage_block)  # ingest each file

@@ -14,9 +14,10 @@ from typing import Any, Callable, Sequence
 from prefect.futures import PrefectFuture, as_completed
 from pydantic import TypeAdapter, ValidationError
 
-from flows.environment import Environment
-from flows.reporting import Progress
-from storage.sources import SourceEntry
+from flows.environment import Environment, environment
+from flows.reporting import Progress, publish_table
+from storage.sources import SourceEntry, expand_sources
+from tasks.audio import SUPPORTED_FORMATS
 from tasks.caching import params_hash
 from tasks.runs import is_transient
 from tasks.stage import artifact_refs
@@ -27,10 +28,10 @@ class FilePipeline:
     """How one flow processes one file."""
 
     name: str
-    stages: tuple[str, ...]  # its stages, in order
+    stages: tuple[str, ...]  # every stage it can run, in order (options may leave some out)
     options_type: type  # the flow's options (a frozen dataclass or pydantic model)
-    # submits the file's stage tasks in order and returns their futures (the last one is the result)
-    submit: Callable[[str, Any, Environment], list[PrefectFuture]]
+    # submits the file's stage tasks in order; returns their futures by stage (the last one is the result)
+    submit: Callable[[str, Any, Environment], dict[str, PrefectFuture]]
     version: str  # changes when any of its stages' code versions change
 
     def options(self, params: dict[str, Any] | Any) -> Any:
@@ -120,23 +121,24 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def file_outcome(pipeline: FilePipeline, source_uri: str, futures: Sequence[PrefectFuture]) -> FileOutcome:
-    """The outcome of one file from its finished stage futures (in the pipeline's stage order)."""
-    for future in futures:
+def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutcome:
+    """The outcome of one file from its finished stage futures (by stage, in the order they ran)."""
+    for future in futures.values():
         if not future.state.is_completed():
             error = future.result(raise_on_failure=False)
             if not isinstance(error, BaseException):
                 error = RuntimeError(future.state.message or future.state.name)
             return FileOutcome(source_uri, "failed", error=_one_line(error), transient=is_transient(error))
-    computed = tuple(stage for stage, f in zip(pipeline.stages, futures) if f.state.name != "Cached")
-    return FileOutcome(source_uri, "done" if computed else "cached", futures[-1].result(), stages=computed)
+    computed = tuple(stage for stage, f in futures.items() if f.state.name != "Cached")
+    last = list(futures.values())[-1]
+    return FileOutcome(source_uri, "done" if computed else "cached", last.result(), stages=computed)
 
 
 def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env: Environment,
               parallel_files: int, progress: Progress) -> list[FileOutcome]:  # fmt: skip
     """Run the pipeline on every source, at most ``parallel_files`` at a time, isolating failures."""
     pending = list(sources)[::-1]
-    running: dict[PrefectFuture, tuple[str, list[PrefectFuture]]] = {}
+    running: dict[PrefectFuture, tuple[str, dict[str, PrefectFuture]]] = {}
     outcomes: dict[str, FileOutcome] = {}
 
     def start_next() -> None:
@@ -148,15 +150,15 @@ def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env:
                 outcomes[source] = FileOutcome(source, "failed", error=_one_line(e), transient=is_transient(e))
                 progress(len(outcomes), len(sources))
                 continue
-            running[futures[-1]] = (source, futures)
+            running[list(futures.values())[-1]] = (source, futures)
 
     start_next()
     while running:
         finished = next(iter(as_completed(list(running))))
         source, futures = running.pop(finished)
-        for future in futures:
+        for future in futures.values():
             future.wait()
-        outcomes[source] = file_outcome(pipeline, source, futures)
+        outcomes[source] = file_outcome(source, futures)
         progress(len(outcomes), len(sources))
         start_next()
     progress.close()
@@ -186,3 +188,19 @@ def processed_rows(pipeline: FilePipeline, options: Any, entries: Sequence[Sourc
             "flow_run_id": flow_run_id,
         })  # fmt: skip
     return rows
+
+
+def run_pipeline(pipeline: FilePipeline, paths: Sequence[str], options: Any, parallel_files: int,
+                 storage_block: str | None, models_block: str | None = None) -> RunReport:  # fmt: skip
+    """A flow's body over many files: choose the environment, list the files, run each, publish.
+
+    Raises :class:`FilesFailed` (carrying the report) when any file failed.
+    """
+    env = environment(storage_block, models_block)
+    sources = expand_sources(paths, env.settings, SUPPORTED_FORMATS)
+    progress = Progress(pipeline.name, len(sources))
+    report = RunReport(run_files(pipeline, sources, options, env, parallel_files, progress))
+    publish_table(f"{pipeline.name}-summary", [o.row() for o in report.outcomes], report.summary())
+    if report.failed:
+        raise FilesFailed(report)
+    return report

@@ -36,15 +36,21 @@ ResampleQuality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
 class IngestOptions:
     """How an input file becomes the pipeline's working audio."""
 
-    sample_rate_hz: Annotated[int, Field(ge=8_000, le=192_000, description="Sample rate of the written artifact.")] = 16_000
+    sample_rate_hz: Annotated[
+        int | None, Field(ge=8_000, le=192_000, description="Sample rate of the written artifact; empty keeps the source's.")
+    ] = 16_000
     mono: Annotated[bool, Field(description="Downmix all channels to one (their mean).")] = True
     resample_quality: Annotated[ResampleQuality, Field(description="soxr resampling quality.")] = "VHQ"
 
     def __post_init__(self) -> None:
-        if not 8_000 <= self.sample_rate_hz <= 192_000:
+        if self.sample_rate_hz is not None and not 8_000 <= self.sample_rate_hz <= 192_000:
             raise ValueError(f"sample_rate_hz must be between 8000 and 192000, got {self.sample_rate_hz}")
         if self.resample_quality not in get_args(ResampleQuality):
             raise ValueError(f"resample_quality must be one of {get_args(ResampleQuality)}, got {self.resample_quality!r}")
+
+
+SPEECH = IngestOptions()  # 16 kHz mono: what the speech models read
+NATIVE = IngestOptions(sample_rate_hz=None, mono=False)  # the source's own rate and channels (for separation)
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,9 @@ def measure(decoded: audio.DecodedAudio) -> SourceStats:
 
 
 def preprocess(samples: np.ndarray, sample_rate_hz: int, options: IngestOptions) -> np.ndarray:
-    """The working audio: optionally downmixed, resampled to ``options.sample_rate_hz``, float32."""
+    """The working audio: optionally downmixed, resampled to ``options.sample_rate_hz`` (if set), float32."""
     mixed = audio.downmix(samples) if options.mono else samples
-    return audio.resample(mixed, sample_rate_hz, options.sample_rate_hz, options.resample_quality)
+    return audio.resample(mixed, sample_rate_hz, options.sample_rate_hz or sample_rate_hz, options.resample_quality)
 
 
 def _files_row(result: IngestResult, flow_run_id: str | None) -> dict:
@@ -131,7 +137,7 @@ def _compute(settings: StoreSettings, source: FetchedSource, options: IngestOpti
     decoded = audio.decode_file(source.path, source.name)
     stats = measure(decoded)
     working = preprocess(decoded.samples, decoded.sample_rate_hz, options)
-    ref = write_audio(settings, AUDIO_NAME, working, options.sample_rate_hz, run=run)
+    ref = write_audio(settings, AUDIO_NAME, working, options.sample_rate_hz or decoded.sample_rate_hz, run=run)
     result = IngestResult(source.uri, source.name, source.sha256, source.size_bytes, stats, ref)
     Catalog(shared_store(settings)).append("files", [_files_row(result, run.flow_run_id)])
     return result

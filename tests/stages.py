@@ -123,10 +123,10 @@ def levels(previous: GainResult, options: LevelsOptions, settings: StoreSettings
     return LevelsResult(ArtifactRef(info.uri, info.sha256, info.size_bytes), float(rms_db.mean()))
 
 
-def submit_chain(source_uri: str, options: ChainOptions, env: Environment) -> list[PrefectFuture]:
+def submit_chain(source_uri: str, options: ChainOptions, env: Environment) -> dict[str, PrefectFuture]:
     first = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
     second = env.stage(gain).submit(first, options.gain, env.settings)
-    return [first, second, env.stage(levels).submit(second, options.levels, env.settings)]
+    return {"ingest": first, "gain": second, "levels": env.stage(levels).submit(second, options.levels, env.settings)}
 
 
 CHAIN = register(FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainOptions, submit_chain, "test:1"))

@@ -8,7 +8,8 @@ import boto3
 import numpy as np
 import pytest
 
-from flows.ingest import FilesFailed, ingest
+from flows.ingest import ingest
+from flows.pipelines import FilesFailed
 from storage.keys import parse_location
 from storage.settings import StoreSettings
 from storage.store import open_store
