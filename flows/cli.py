@@ -13,6 +13,8 @@ def _quiet_prefect(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the ephemeral API's 20 s start-up limit is too short on a busy machine (model stages load torch first)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _print_rows(rows: list[dict], columns: Sequence[str]) -> None:
@@ -82,13 +84,127 @@ def cmd_ingest_folder(args: argparse.Namespace) -> int:
         flow = ingest_folder.with_options(task_runner=DaskTaskRunner(**cluster))
     state = flow(source=args.source, pattern=args.pattern, pipeline=args.flow, params=dict(args.param),
                  parallel_files=args.jobs or DEFAULT_PARALLEL_FILES, storage_block=args.storage_block,
-                 return_state=True)  # fmt: skip
+                 models_block=args.models_block, return_state=True)  # fmt: skip
     outcome = state.result(raise_on_failure=False)
     report = getattr(outcome, "report", outcome)
     if not hasattr(report, "outcomes"):  # the run failed before processing files
         print(f"error: {outcome}", file=sys.stderr)
         return 2 if isinstance(outcome, (FileNotFoundError, ValueError)) else 1
     return _print_report(report, ("file", "status", "computed", "duration_s", "sample_rate_hz", "channels", "lufs"))
+
+
+def _run_files(flow, args: argparse.Namespace, options, columns: Sequence[str]) -> tuple[int, object]:
+    """Run a per-file flow; print its table and one error line per failed file. Returns (code, report)."""
+    from flows.ingest import DEFAULT_PARALLEL_FILES
+    from flows.pipelines import FilesFailed
+
+    try:
+        report = flow(paths=args.paths, options=options, parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
+                      storage_block=args.storage_block, **_models_block(flow, args))  # fmt: skip
+    except FilesFailed as e:
+        report = e.report
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None
+    return _print_report(report, columns), report
+
+
+def _models_block(flow, args: argparse.Namespace) -> dict:
+    return {"models_block": args.models_block} if "models_block" in flow.parameters.properties else {}
+
+
+def _given(**values) -> dict:
+    """The options given on the command line (None means: the option's default)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from flows.environment import store_settings
+    from flows.transcribe import TRANSCRIBE, transcribe
+
+    options = TRANSCRIBE.options(_given(
+        run_separate=args.separate or None, run_denoise=args.denoise or None, run_diarize=False if args.no_diarize else None,
+        diarize=_given(num_speakers=args.num_speakers, min_speakers=args.min_speakers, max_speakers=args.max_speakers),
+        transcribe=_given(model=args.model, language=args.language, backend=args.backend),
+    ))  # fmt: skip
+    code, report = _run_files(transcribe, args, options, ("file", "status", "computed", "language", "speakers", "segments"))
+    settings = store_settings(args.storage_block)
+    for outcome in getattr(report, "outcomes", []):
+        if outcome.status in ("done", "cached"):
+            print(f"\n== {outcome.source_uri.rsplit('/', 1)[-1]}")
+            print("\n".join(outcome.result.transcript_lines(settings)))
+    return code
+
+
+def cmd_separate(args: argparse.Namespace) -> int:
+    from flows.separate import SEPARATE, separate
+
+    options = SEPARATE.options(_given(separate=_given(model=args.model)))
+    return _run_files(separate, args, options, ("file", "status", "computed", "outputs"))[0]
+
+
+def cmd_lipsync(args: argparse.Namespace) -> int:
+    from flows.lipsync_features import LIPSYNC, lipsync_features
+
+    options = LIPSYNC.options(_given(features=_given(fps=args.fps)))
+    return _run_files(lipsync_features, args, options, ("file", "status", "computed", "frames", "outputs"))[0]
+
+
+def _model_settings(args: argparse.Namespace):
+    from flows.environment import model_settings
+
+    settings = model_settings(args.models_block)
+    if args.model_dir:
+        from dataclasses import replace
+
+        settings = replace(settings, model_dir=args.model_dir)
+    return settings
+
+
+def _model_sources():
+    import tasks.denoise, tasks.diarize, tasks.separate, tasks.transcribe  # noqa: F401,E401  (they register them)
+    from tasks.models import MODEL_SOURCES
+
+    return MODEL_SOURCES
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    settings = _model_settings(args)
+    rows = []
+    for source in _model_sources().values():
+        path = source.present(source.name, settings) if settings.model_dir else None
+        rows.append({"stage": source.stage, "library": source.library, "model": source.name,
+                     "present": str(path) if path else "no (hub download on first use)",
+                     "gated": "yes (needs HF_TOKEN)" if source.gated else ""})  # fmt: skip
+    _print_rows(rows, ("stage", "library", "model", "present", "gated"))
+    print(f"model folder: {settings.model_dir or '(none: set VOXFLOW_MODEL_DIR or --model-dir)'}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    settings = _model_settings(args)
+    sources = _model_sources()
+    unknown = sorted(set(args.stage or []) - set(sources))
+    if unknown:
+        raise ValueError(f"unknown stage {', '.join(unknown)}; stages with models are {', '.join(sources)}")
+    settings.library_dir("")  # fails early, naming the setting, when there is no model folder
+    for stage in args.stage or list(sources):
+        source = sources[stage]
+        print(f"pulling {stage}: {source.name} ...", flush=True)
+        print(f"  -> {source.pull(source.name, settings)}")
+    return 0
+
+
+def cmd_models_build_random(args: argparse.Namespace) -> int:
+    from tasks import random_models
+
+    files = random_models.build_all(args.dir, args.size, tuple(args.library or random_models.LIBRARIES))
+    for path in files:
+        print(path)
+    print(f"wrote {len(files)} file(s) of {args.size} random-weight models into {args.dir}.\n"
+          "Their output is noise: use them to check that every flow runs offline "
+          f"(VOXFLOW_MODEL_DIR={args.dir}), never for results.")  # fmt: skip
+    return 0
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -142,6 +258,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, help="files processed in parallel (default min(4, CPUs))")
+    p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.add_argument("--models-block", help="name of a saved voxflow-models Block (default: VOXFLOW_MODEL_DIR, HF_TOKEN)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", help="the model folder (default: the Block's, else VOXFLOW_MODEL_DIR)")
+    p.add_argument("--models-block", help="name of a saved voxflow-models Block")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxflow", description="Prefect-orchestrated speech audio pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs on the terminal")
@@ -159,14 +286,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("ingest-folder", help="run a flow on every file of a folder or bucket not yet processed")
     p.add_argument("source", help="local folder or s3://bucket/prefix")
     p.add_argument("--pattern", default="*", help="fnmatch pattern on paths below the source (default *)")
-    p.add_argument("--flow", default="ingest", help="the flow to run on each new file (default ingest)")
+    p.add_argument("--flow", default="ingest", choices=("ingest", "transcribe", "separate", "lipsync_features"),
+                   help="the flow to run on each new file (default ingest)")  # fmt: skip
     p.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
                    help="an option of that flow, e.g. --param sample_rate_hz=22050 (repeatable)")  # fmt: skip
     p.add_argument("--jobs", type=int, help="files processed in parallel (default min(4, CPUs))")
     p.add_argument("--dask-workers", type=int, help="run the stages on a local Dask cluster of N processes")
     p.add_argument("--dask-address", help="run the stages on an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.add_argument("--models-block", help="name of a saved voxflow-models Block (default: VOXFLOW_MODEL_DIR, HF_TOKEN)")
     p.set_defaults(func=cmd_ingest_folder)
+
+    p = commands.add_parser("transcribe", help="speaker-labelled transcripts: ingest, [separate], [denoise], diarize, transcribe")
+    p.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
+    p.add_argument("--separate", action="store_true", help="isolate the voices from music and effects first")
+    p.add_argument("--denoise", action="store_true", help="remove background noise first")
+    p.add_argument("--no-diarize", action="store_true", help="do not label speakers")
+    p.add_argument("--num-speakers", type=int, help="the number of speakers, when known")
+    p.add_argument("--min-speakers", type=int)
+    p.add_argument("--max-speakers", type=int)
+    p.add_argument("--model", help="Whisper model name (default turbo)")
+    p.add_argument("--language", help="language code, or auto (default)")
+    p.add_argument("--backend", choices=("whisper", "faster-whisper"))
+    _add_run_options(p)
+    p.set_defaults(func=cmd_transcribe)
+
+    p = commands.add_parser("separate", help="vocals and accompaniment of each file (Demucs)")
+    p.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
+    p.add_argument("--model", help="Demucs model name (default htdemucs; e.g. htdemucs_ft)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_separate)
+
+    p = commands.add_parser("lipsync", help="lip-sync features: 80-bin log-mel windows per video frame")
+    p.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
+    p.add_argument("--fps", type=float, help="video frame rate (default 25)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_lipsync)
+
+    models = commands.add_parser("models", help="the model folder: list, pull, build random test models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    p = model_commands.add_parser("list", help="the default model of each stage and whether it is in the folder")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_models_list)
+    p = model_commands.add_parser("pull", help="download the default models into the model folder (for offline use)")
+    p.add_argument("--stage", action="append", help="only this stage's model (repeatable)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_models_pull)
+    p = model_commands.add_parser("build-random", help="write random-weight models of the real architectures "
+                                  "(output is noise: a plumbing check)")  # fmt: skip
+    p.add_argument("dir", help="the model folder to write")
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny (tests) or the real sizes")
+    p.add_argument("--library", action="append", help="only this library (repeatable)")
+    p.set_defaults(func=cmd_models_build_random)
 
     p = commands.add_parser("catalog", help="print the rows of a catalog table")
     p.add_argument("table", choices=("files", "artifacts", "segments", "syntheses", "stage_runs", "processed"))

@@ -14,6 +14,9 @@ from prefect.schedules import Cron
 
 from flows.ingest import ingest
 from flows.ingest_folder import SCHEDULE_CRON, ingest_folder
+from flows.lipsync_features import lipsync_features
+from flows.separate import separate
+from flows.transcribe import transcribe
 
 DEFAULT_INBOX = "inbox"
 
@@ -25,6 +28,21 @@ def deployments(inbox: str | None = None, cron: str | None = None) -> list:
         ingest.to_deployment(
             name="ingest",
             description="Decode, measure and store audio files as 16 kHz mono WAV (files, artifacts, stage_runs rows).",
+            tags=["voxflow"],
+        ),
+        transcribe.to_deployment(
+            name="transcribe",
+            description="Speaker-labelled transcripts: ingest, optional separate/denoise, diarize, transcribe.",
+            tags=["voxflow", "gpu"],
+        ),
+        separate.to_deployment(
+            name="separate",
+            description="Vocals and accompaniment of each file with Demucs, at the file's own sample rate.",
+            tags=["voxflow", "gpu"],
+        ),
+        lipsync_features.to_deployment(
+            name="lipsync-features",
+            description="80-bin log-mel windows per video frame for lip-sync models, with their index.",
             tags=["voxflow"],
         ),
         ingest_folder.to_deployment(

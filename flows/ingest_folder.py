@@ -15,6 +15,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from flows import lipsync_features, separate, transcribe  # noqa: F401  (each registers its per-file pipeline)
 from flows.environment import environment
 from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from flows.pipelines import PIPELINES, FileOutcome, FilePipeline, FilesFailed, RunReport, processed_rows, run_files
@@ -24,7 +25,7 @@ from storage.sources import SourceEntry, list_sources
 from storage.store import shared_store
 from tasks.audio import SUPPORTED_FORMATS
 
-PipelineName = Literal["ingest"]  # the flows registered in flows.pipelines
+PipelineName = Literal["ingest", "transcribe", "separate", "lipsync_features"]  # registered in flows.pipelines
 SCHEDULE_CRON = "*/10 * * * *"  # the deployment's default: every 10 minutes
 
 
@@ -57,6 +58,7 @@ def ingest_folder(
     params: dict[str, Any] | None = None,
     parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
+    models_block: str | None = None,
 ) -> RunReport:
     """Find the files of a folder not yet processed by a flow with these parameters, and process them.
 
@@ -64,11 +66,12 @@ def ingest_folder(
         source: Local folder or s3://bucket/prefix to scan for audio files.
         pattern: fnmatch pattern on the paths below the source; * also crosses folders (e.g. */*.wav).
         pipeline: The flow to run on each new file.
-        params: That flow's options, e.g. {"sample_rate_hz": 16000}; empty for its defaults.
+        params: That flow's options, e.g. {"sample_rate_hz": 16000} for ingest or {"run_denoise": true} for transcribe; empty for its defaults.
         parallel_files: How many files are processed at once.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
-    env = environment(storage_block)  # 1. choose the store
+    env = environment(storage_block, models_block)  # 1. choose the store and the models
     chosen = PIPELINES[pipeline]
     options = chosen.options(params or {})  # 2. validate the chosen flow's parameters
     entries = list_sources([source], env.settings, SUPPORTED_FORMATS, pattern)  # 3. list the folder

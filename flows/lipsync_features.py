@@ -1,0 +1,56 @@
+"""The ``lipsync_features`` flow: lip-sync model input features of speech — ingest → lip-sync features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import Environment
+from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from tasks import ingest, lipsync
+from tasks.ingest import IngestOptions, ingest_file
+from tasks.lipsync import LipsyncOptions, lipsync_features as features_task
+
+
+@dataclass(frozen=True)
+class LipsyncFlowOptions:
+    """The working audio (16 kHz mono) and the feature options (fps, window)."""
+
+    ingest: IngestOptions = IngestOptions()
+    features: LipsyncOptions = field(default_factory=LipsyncOptions)
+
+
+def submit_lipsync(source_uri: str, options: LipsyncFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
+    """The per-file chain: 1. ingest, 2. features."""
+    speech = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
+    return {"ingest": speech, lipsync.STAGE: env.stage(features_task).submit(speech, options.features, env.settings)}
+
+
+LIPSYNC = register(FilePipeline(
+    "lipsync_features", (ingest.STAGE, lipsync.STAGE), LipsyncFlowOptions, submit_lipsync,
+    version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{lipsync.STAGE}:{lipsync.CODE_VERSION}",
+))  # fmt: skip
+
+
+@flow(name="lipsync-features", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def lipsync_features(
+    paths: list[str],
+    options: LipsyncFlowOptions = LipsyncFlowOptions(),
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    storage_block: str | None = None,
+) -> RunReport:
+    """80-bin log-mel windows per video frame (features.npy) and their index (windows.parquet) per file.
+
+    Args:
+        paths: Audio files, folders or s3:// URIs.
+        options: The working audio and the feature options (video fps, window frames).
+        parallel_files: How many files are processed at once.
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+    """
+    return run_pipeline(LIPSYNC, paths, options, parallel_files, storage_block)

@@ -1,0 +1,58 @@
+"""The ``separate`` flow: split each recording into vocals and accompaniment — ingest → separate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import Environment
+from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from tasks import ingest, separate as separation
+from tasks.ingest import IngestOptions, ingest_file
+from tasks.separate import SeparateOptions, separate_audio
+
+
+@dataclass(frozen=True)
+class SeparateFlowOptions:
+    """The working audio (the source's rate and channels by default) and the separation options."""
+
+    ingest: IngestOptions = ingest.NATIVE
+    separate: SeparateOptions = field(default_factory=SeparateOptions)
+
+
+def submit_separate(source_uri: str, options: SeparateFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
+    """The per-file chain: 1. ingest, 2. separate."""
+    mix = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
+    return {"ingest": mix, "separate": env.stage(separate_audio).submit(mix, options.separate, env.settings, env.models)}
+
+
+SEPARATE = register(FilePipeline(
+    "separate", (ingest.STAGE, separation.STAGE), SeparateFlowOptions, submit_separate,
+    version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{separation.STAGE}:{separation.CODE_VERSION}",
+))  # fmt: skip
+
+
+@flow(name="separate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def separate(
+    paths: list[str],
+    options: SeparateFlowOptions = SeparateFlowOptions(),
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    storage_block: str | None = None,
+    models_block: str | None = None,
+) -> RunReport:
+    """vocals.wav and accompaniment.wav (the sum of the other stems) of each file, at its own sample rate.
+
+    Args:
+        paths: Audio files, folders or s3:// URIs.
+        options: The working audio and the Demucs model and its options.
+        parallel_files: How many files are processed at once (GPU stages still take turns).
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR.
+    """
+    return run_pipeline(SEPARATE, paths, options, parallel_files, storage_block, models_block)

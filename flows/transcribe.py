@@ -1,0 +1,83 @@
+"""The ``transcribe`` flow: who said what, when — ingest → [separate] → [denoise] → diarize → transcribe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import Environment
+from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from tasks import denoise, diarize, ingest, separate, transcribe as transcription
+from tasks.denoise import DenoiseOptions, denoise_audio
+from tasks.diarize import DiarizeOptions, diarize_audio
+from tasks.ingest import IngestOptions, ingest_file
+from tasks.separate import SeparateOptions, separate_audio
+from tasks.transcribe import TranscribeOptions, transcribe_audio
+
+@dataclass(frozen=True)
+class TranscribeFlowOptions:
+    """Which optional stages run on each file, and every stage's options."""
+
+    run_separate: Annotated[bool, Field(description="Isolate the voices from music and effects first.")] = False
+    run_denoise: Annotated[bool, Field(description="Remove background noise before diarization.")] = False
+    run_diarize: Annotated[bool, Field(description="Label speakers (else every segment is unlabelled).")] = True
+    ingest: Annotated[
+        IngestOptions | None, Field(description="Working audio; empty: 16 kHz mono, or the source's rate when separating.")
+    ] = None
+    separate: SeparateOptions = field(default_factory=SeparateOptions)
+    denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
+    diarize: DiarizeOptions = field(default_factory=DiarizeOptions)
+    transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
+
+    def ingest_options(self) -> IngestOptions:
+        return self.ingest or (ingest.NATIVE if self.run_separate else ingest.SPEECH)
+
+
+def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
+    """The per-file chain; each stage reads the audio the previous one wrote."""
+    futures = {"ingest": env.stage(ingest_file).submit(source_uri, options.ingest_options(), env.settings)}  # 1
+    audio = futures["ingest"]
+    if options.run_separate:  # 2. the vocals, without music and effects
+        audio = futures["separate"] = env.stage(separate_audio).submit(audio, options.separate, env.settings, env.models)
+    if options.run_denoise:  # 3. the speech, without noise
+        audio = futures["denoise"] = env.stage(denoise_audio).submit(audio, options.denoise, env.settings, env.models)
+    turns = None
+    if options.run_diarize:  # 4. who speaks when
+        turns = futures["diarize"] = env.stage(diarize_audio).submit(audio, options.diarize, env.settings, env.models)
+    futures["transcribe"] = env.stage(transcribe_audio).submit(  # 5. what they say
+        audio, turns, options.transcribe, env.settings, env.models
+    )
+    return futures
+
+
+STAGES = (ingest.STAGE, separate.STAGE, denoise.STAGE, diarize.STAGE, transcription.STAGE)
+TRANSCRIBE = register(FilePipeline(
+    "transcribe", STAGES, TranscribeFlowOptions, submit_transcribe,
+    version=",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in (ingest, separate, denoise, diarize, transcription)),
+))  # fmt: skip
+
+
+@flow(name="transcribe", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def transcribe(
+    paths: list[str],
+    options: TranscribeFlowOptions = TranscribeFlowOptions(),
+    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    storage_block: str | None = None,
+    models_block: str | None = None,
+) -> RunReport:
+    """Speaker-labelled transcripts (segments rows, RTTM, SRT, VTT and JSON) of audio files.
+
+    Args:
+        paths: Audio files, folders or s3:// URIs.
+        options: Which optional stages run (separate, denoise, diarize) and each stage's options.
+        parallel_files: How many files are processed at once (GPU stages still take turns).
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+    """
+    return run_pipeline(TRANSCRIBE, paths, options, parallel_files, storage_block, models_block)
