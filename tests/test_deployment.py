@@ -82,8 +82,8 @@ def _deployment(api: str, name: str) -> dict:
         return json.loads(response.read())
 
 
-def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path):
-    env = prefect_server
+def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, tiny_models):
+    env = {**prefect_server, "VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")), "VOXFLOW_DEVICE": "cpu"}
     log = open(tmp_path / "serve.log", "w")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -123,6 +123,19 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path):
         processed = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("processed")
         assert sorted(processed["source_uri"].str.rsplit("/", n=1).str[1]) == ["speech.wav", "speech_bab_0dB.wav"]
         assert set(processed["status"]) == {"done"}
+
+        for name in ("transcribe/transcribe", "separate/separate", "lipsync-features/lipsync-features"):
+            assert _deployment(api, name)["parameter_openapi_schema"]["properties"]["paths"]
+        speech = str(CORPUS / "denoise_babble" / "speech.wav")
+        run = subprocess.run(  # a model flow from the UI's route: the worker's VOXFLOW_MODEL_DIR has the models
+            [str(BIN / "prefect"), "deployment", "run", "transcribe/transcribe", "-p", f"paths={json.dumps([speech])}",
+             "-p", 'options={"diarize": {"num_speakers": 1}, "transcribe": {"language": "en"}}',
+             "--watch", "--watch-timeout", "300"],
+            env=env, capture_output=True, text=True, timeout=360,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        segments = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("segments")
+        assert set(segments["stage"]) == {"diarize", "transcribe"} and set(segments["speaker"]) == {"SPEAKER_00"}
     finally:
         _stop(serve)
         log.close()
@@ -138,5 +151,6 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
     deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    listed = subprocess.run([prefect, "deployment", "ls"], env=env, capture_output=True, text=True, timeout=120)
-    assert "ingest/ingest" in listed.stdout and "ingest-folder/ingest-folder" in listed.stdout
+    for name in ("ingest/ingest", "ingest-folder/ingest-folder", "transcribe/transcribe", "separate/separate",
+                 "lipsync-features/lipsync-features"):  # fmt: skip
+        assert _deployment(env["PREFECT_API_URL"], name)["work_pool_name"] == "voxflow"
