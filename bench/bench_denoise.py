@@ -35,24 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CORPUS = ROOT / "tests" / "data" / "corpus"
-SPEECH = ("asr_en_jfk/jfk.flac", "diar_2spk_pyannote/sample.wav", "denoise_babble/speech_bab_0dB.wav",
-          "sep_2spk_mixture/mixture_2.wav", "clone_ref_lj/LJ050-0131.wav", "music_vocals_mp3/audio_example.mp3")  # fmt: skip
-RATE_HZ = 16_000
-MB = 2**20
 
+from bench.common import MB, RATE_HZ, cell, speech  # noqa: E402
 
-def speech(minutes: float) -> np.ndarray:
-    """``(1, samples)`` float32 at 16 kHz: the corpus recordings, downmixed, resampled and looped."""
-    from tasks import audio
-
-    parts = []
-    for name in SPEECH:
-        decoded = audio.decode_file(CORPUS / name)
-        parts.append(audio.resample(audio.downmix(decoded.samples), decoded.sample_rate_hz, RATE_HZ))
-    one_pass = np.concatenate(parts, axis=1)
-    frames = int(minutes * 60 * RATE_HZ)
-    return np.ascontiguousarray(np.tile(one_pass, (1, -(-frames // one_pass.shape[1])))[:, :frames])
 
 
 def _rss_mb() -> float:
@@ -108,9 +93,6 @@ def _run(method: str, minutes: float, model_dir: str, out: Path, args: argparse.
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _cell(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -163,10 +145,10 @@ def main() -> None:
                 a, b = np.load(Path(tmp) / "ours.npy"), np.load(Path(tmp) / "upstream.npy")
                 diff = float(np.abs(a - b).max() / np.abs(b).max())
             ratio = upstream["seconds"] / ours["seconds"] if "seconds" in ours and "seconds" in upstream else None
-            rows.append((f"{minutes:g}", _cell(ours.get("seconds")), _cell(upstream.get("seconds")), _cell(ratio, 2),
-                         _cell(stream.get("seconds")), _cell(ours.get("peak_rss_mb"), 0),
-                         _cell(upstream.get("peak_rss_mb"), 0), _cell(stream.get("peak_rss_mb"), 0),
-                         _cell(ours.get("peak_cuda_mb"), 0), _cell(upstream.get("peak_cuda_mb"), 0),
+            rows.append((f"{minutes:g}", cell(ours.get("seconds")), cell(upstream.get("seconds")), cell(ratio, 2),
+                         cell(stream.get("seconds")), cell(ours.get("peak_rss_mb"), 0),
+                         cell(upstream.get("peak_rss_mb"), 0), cell(stream.get("peak_rss_mb"), 0),
+                         cell(ours.get("peak_cuda_mb"), 0), cell(upstream.get("peak_cuda_mb"), 0),
                          "-" if diff is None else f"{diff:.1e}"))  # fmt: skip
             print(" | ".join(rows[-1]), flush=True)
         print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))

@@ -34,25 +34,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CORPUS = ROOT / "tests" / "data" / "corpus"
-SPEECH = ("diar_2spk_pyannote/sample.wav", "asr_en_jfk/jfk.flac", "sep_2spk_mixture/mixture_2.wav",
-          "clone_ref_lj/LJ050-0131.wav", "denoise_babble/speech_bab_0dB.wav", "music_vocals_mp3/audio_example.mp3")  # fmt: skip
-RATE_HZ = 16_000
+
+from bench.common import MB, RATE_HZ, cell, speech  # noqa: E402
 NUM_SPEAKERS = 2
-MB = 2**20
 
-
-def speech(minutes: float) -> np.ndarray:
-    """``(1, samples)`` float32 at 16 kHz: the corpus recordings, downmixed, resampled and looped."""
-    from tasks import audio
-
-    parts = []
-    for name in SPEECH:
-        decoded = audio.decode_file(CORPUS / name)
-        parts.append(audio.resample(audio.downmix(decoded.samples), decoded.sample_rate_hz, RATE_HZ))
-    one_pass = np.concatenate(parts, axis=1)
-    frames = int(minutes * 60 * RATE_HZ)
-    return np.ascontiguousarray(np.tile(one_pass, (1, -(-frames // one_pass.shape[1])))[:, :frames])
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -110,9 +95,6 @@ def _same_turns(a: Path, b: Path) -> str:
     return f"yes ({diff:.0e} s)" if diff <= 1e-6 else f"no ({diff:.1e} s)"
 
 
-def _cell(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -142,10 +124,10 @@ def main() -> None:
             notes += [f"{minutes:g} min {name} failed: {r['error']}" for name, r in results.items() if "error" in r]
             both = "seconds" in ours and "seconds" in upstream
             same = _same_turns(Path(tmp) / "ours.json", Path(tmp) / "upstream.json") if both else "-"
-            rows.append((f"{minutes:g}", _cell(ours.get("seconds")), _cell(upstream.get("seconds")),
-                         _cell(upstream["seconds"] / ours["seconds"], 2) if both else "-",
-                         _cell(ours.get("peak_rss_mb"), 0), _cell(upstream.get("peak_rss_mb"), 0),
-                         _cell(ours.get("peak_cuda_mb"), 0), _cell(upstream.get("peak_cuda_mb"), 0),
+            rows.append((f"{minutes:g}", cell(ours.get("seconds")), cell(upstream.get("seconds")),
+                         cell(upstream["seconds"] / ours["seconds"], 2) if both else "-",
+                         cell(ours.get("peak_rss_mb"), 0), cell(upstream.get("peak_rss_mb"), 0),
+                         cell(ours.get("peak_cuda_mb"), 0), cell(upstream.get("peak_cuda_mb"), 0),
                          str(ours.get("turns", "-")), same))  # fmt: skip
             print(" | ".join(rows[-1]), flush=True)
         print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))

@@ -38,22 +38,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CORPUS = ROOT / "tests" / "data" / "corpus"
+
+from bench.common import MB, speech  # noqa: E402
+
 SPEECH = ("diar_2spk_pyannote/sample.wav", "asr_en_jfk/jfk.flac", "sep_2spk_mixture/mixture_2.wav",
-          "clone_ref_lj/LJ050-0131.wav", "denoise_babble/speech.wav")  # fmt: skip
-RATE_HZ = 16_000
-MB = 2**20
+          "clone_ref_lj/LJ050-0131.wav", "denoise_babble/speech.wav")  # speech only  # fmt: skip
 
-
-def speech(minutes: float) -> np.ndarray:
-    """16 kHz mono float32 samples: the corpus speech recordings, looped to ``minutes``."""
-    from tasks import audio
-    from tasks.transcribe import whisper_audio
-
-    parts = [whisper_audio(d.samples, d.sample_rate_hz) for d in (audio.decode_file(CORPUS / name) for name in SPEECH)]
-    one_pass = np.concatenate(parts)
-    samples = round(minutes * 60 * RATE_HZ)
-    return np.ascontiguousarray(np.tile(one_pass, -(-samples // len(one_pass)))[:samples])
 
 
 def _count_windows(model) -> list[int]:
@@ -75,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
 
     dtw_cpu(np.ones((2, 2)))  # numba compiles whisper's DTW once per process (and resets torch's threads)
     torch.set_num_threads(args.threads)
-    samples = speech(args.minutes[0])
+    samples = speech(args.minutes[0], SPEECH)[0]
     model = load_transcribe_model("turbo", args.device, args.model_dir)
     vad = load_vad_model()
     encoded = _count_windows(model)
