@@ -51,7 +51,7 @@ from tasks.models import (
     register_model_source,
 )
 from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.runs import current_run, halving_batch_on_oom
+from tasks.runs import halving_batch_on_oom
 from tasks.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
@@ -361,7 +361,6 @@ def denoise_audio(audio: Any, options: DenoiseOptions, settings: StoreSettings, 
     ref = audio_input(audio)
     samples, rate = read_audio(ref, settings)
     device = models.torch_device()
-    current_run().device = device  # for the stage_runs row
     model = load_denoise_model(options.model, device, models.model_dir)
     clean = denoise(samples, rate, model, options)
     return DenoiseResult(write_audio(settings, AUDIO_NAME, clean, rate), source_sha256_of(audio), options.model)

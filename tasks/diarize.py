@@ -322,8 +322,7 @@ def diarize_audio(audio: Any, options: DiarizeOptions, settings: StoreSettings, 
     """Speaker turns of a stage's audio: ``diarization.rttm``, ``exclusive.rttm`` and ``segments`` rows."""
     ref, file_sha256, run = audio_input(audio), source_sha256_of(audio), current_run()
     samples, rate = read_audio(ref, settings)
-    run.device = models.torch_device()
-    pipeline = load_diarize_model(options.model, run.device, models.model_dir, token=models.token())
+    pipeline = load_diarize_model(options.model, models.torch_device(), models.model_dir, token=models.token())
     found = diarize(waveform_input(samples, rate), pipeline, options)
     rttm = write_artifact(settings, RTTM_NAME, to_rttm(found.turns, file_sha256).encode())
     exclusive = write_artifact(settings, EXCLUSIVE_RTTM_NAME, to_rttm(found.exclusive, file_sha256).encode())

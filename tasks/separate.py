@@ -34,7 +34,7 @@ from storage.settings import StoreSettings
 from tasks.audio import resample, to_dbfs
 from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, hub_errors, register_model_source
 from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.runs import current_run, halving_batch_on_oom
+from tasks.runs import halving_batch_on_oom
 from tasks.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
@@ -463,7 +463,6 @@ def separate_audio(audio: Any, options: SeparateOptions, settings: StoreSettings
     ref = audio_input(audio)
     samples, rate = read_audio(ref, settings)
     device = models.torch_device()
-    current_run().device = device  # recorded in stage_runs
     model = load_separate_model(options.model, device, models.model_dir)
     found = separate(samples, rate, model, options)
     return SeparateResult(

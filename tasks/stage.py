@@ -192,6 +192,9 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             identity = identify(spec, parameters, input_names)
             catalog = Catalog(shared_store(parameters["settings"]))
             stage_run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key)
+            models = parameters.get("models")  # a model stage's ModelSettings: the device its row records
+            if models is not None:
+                stage_run.device = models.torch_device()
             with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
                 return fn(*args, **kwargs)
 

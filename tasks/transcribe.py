@@ -713,7 +713,7 @@ def transcribe_audio(audio: Any, diarization: Any | None, options: TranscribeOpt
     samples, rate = read_audio(ref, settings)
     speech = whisper_audio(samples, rate)
     turns = read_turns(diarization, settings)
-    device = current_run().device = models.torch_device()
+    device = models.torch_device()
     model = load_transcribe_model(options.model, device, models.model_dir, options.backend)
     vad = load_vad_model()
     transcript = halving_batch_on_oom(lambda size: transcribe_speech(model, vad, speech, options, batch_size=size),
