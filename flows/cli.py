@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Sequence
 
 
@@ -13,6 +14,8 @@ def _quiet_prefect(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # pyannote's pooling warns on every short probe of its embedding model; it is harmless and not the user's
+    warnings.filterwarnings("ignore", message=r"std\(\): degrees of freedom", category=UserWarning)
     # the ephemeral API's 20 s start-up limit is too short on a busy machine (model stages load torch first)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
