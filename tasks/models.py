@@ -103,7 +103,8 @@ def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
         yield
     except Exception as e:
         kind = type(e).__name__
-        if kind in ("GatedRepoError",) or "401" in str(e) or "403" in str(e):
+        unauthorized = kind in ("HfHubHTTPError", "RepositoryNotFoundError") and any(c in str(e) for c in ("401", "403"))
+        if kind == "GatedRepoError" or unauthorized:
             where = f" accept its conditions at {gated_url} and" if gated_url else ""
             raise GatedModelError(
                 f"model {name!r} is gated on Hugging Face:{where} set HF_TOKEN or the voxflow-models Block's hf_token"
