@@ -68,7 +68,7 @@ def test_flow_uses_the_named_storage_block(s3_settings, monkeypatch):
     from blocks.results import VoxflowResults
 
     results = [b for b in _saved_documents() if b["block_type_slug"] == VoxflowResults.get_block_type_slug()]
-    assert results and results[0]["data"]["storage_block"] == "flow-s3"
+    assert any(r["data"]["storage_block"] == "flow-s3" for r in results)  # other tests saved theirs too
     assert s3_settings.secret_access_key not in str(results)  # the result-storage Block holds no secret
 
 
