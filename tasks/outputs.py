@@ -37,11 +37,7 @@ def audio_input(value: Any) -> ArtifactRef:
 
 def read_audio(ref: ArtifactRef, settings: StoreSettings) -> tuple[np.ndarray, int]:
     """The ``(channels, samples)`` float32 samples and rate of a stored WAV (sha256 verified)."""
-    store = shared_store(settings)
-    key = store.key_of(ref.uri)
-    if key is None:
-        raise ValueError(f"{ref.uri} is not on the configured store {settings}")
-    return audio.decode_wav_bytes(store.get_bytes(key, ref.sha256))
+    return audio.decode_wav_bytes(read_bytes(ref, settings))
 
 
 def read_bytes(ref: ArtifactRef, settings: StoreSettings) -> bytes:
