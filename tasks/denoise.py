@@ -163,11 +163,13 @@ def _download(name: str, folder: Path | None = None) -> Demucs:
                             f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}") from e  # fmt: skip
 
 
-def load_denoise_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None) -> Demucs:
+def load_denoise_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None, *,
+                       stage: str = STAGE) -> Demucs:
     """The denoiser ``name`` on ``device``, loaded once per process.
 
     ``<model_dir>/denoiser/<name>.th`` when it exists, else the pretrained weights (dns48, dns64,
-    master64) from the denoiser's own download.
+    master64) from the denoiser's own download. ``stage`` is the stage it stays resident for (on a GPU,
+    loading another stage's model releases it): a stage chaining the denoiser with other models names itself.
     """
     settings = ModelSettings(model_dir=str(model_dir) if model_dir else None)
     path = settings.local(LIBRARY, f"{name}.th")
@@ -176,7 +178,7 @@ def load_denoise_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir
         model = _read_package(path) if path is not None else _download(name, settings.folder)
         return model.to(device).eval()
 
-    return RESIDENT.get((LIBRARY, name, str(path or "hub")), device, load, stage=STAGE)
+    return RESIDENT.get((LIBRARY, name, str(path or "hub")), device, load, stage=stage)
 
 
 def pull_denoise_model(name: str, settings: ModelSettings) -> Path:
