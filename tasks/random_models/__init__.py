@@ -15,7 +15,7 @@ from typing import Literal
 
 Size = Literal["tiny", "full"]
 # library -> module under tasks.random_models with ``build(model_dir, size, seed) -> list[Path]``
-LIBRARIES = ("denoiser", "demucs", "pyannote", "whisper", "faster_whisper")
+LIBRARIES = ("denoiser", "demucs", "pyannote", "whisper", "faster_whisper", "qwen_tts", "novasr")
 
 
 def build(library: str, model_dir: str | Path, size: Size = "tiny", seed: int = 0) -> list[Path]:
