@@ -153,6 +153,91 @@ def cmd_lipsync(args: argparse.Namespace) -> int:
     return _run_files(lipsync_features, args, options, ("file", "status", "computed", "frames", "outputs"))[0]
 
 
+def _speech_options(args: argparse.Namespace):
+    """The synthesis flows' options from the command line (unset flags keep the defaults)."""
+    from pydantic import TypeAdapter
+
+    from flows.speech import SpeechOptions
+
+    given = _given(
+        run_pre_processing=False if args.no_pre_processing else None,
+        run_post_processing=False if args.no_post_processing else None,
+        run_upsampling=False if args.no_upsampling else None,
+        output_rate_hz=args.output_rate_hz, consent_note=args.consent_note,
+        synthesize=_given(model=args.model, seed=args.seed, batch_size=args.batch_size),
+    )  # fmt: skip
+    return TypeAdapter(SpeechOptions).validate_python(given)
+
+
+def _print_speech(state, args: argparse.Namespace) -> int:
+    """The lines table, a warning per flagged line, and the WAVs copied to ``--out``."""
+    from flows.environment import store_settings
+
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        print(f"error: {str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__}",
+              file=sys.stderr)  # fmt: skip
+        return 2 if isinstance(outcome, ValueError) else 1
+    _print_rows([line.row() for line in outcome.lines],
+                ("line", "text", "duration_s", "rate_hz", "seed", "attempts", "quality", "wav"))  # fmt: skip
+    print(outcome.summary())
+    for line in outcome.flagged:
+        print(f"warning: line {line.index} ({line.text[:40]!r}) failed the quality guard after {line.attempts} "
+              f"attempt(s): {', '.join(line.issues)}", file=sys.stderr)  # fmt: skip
+    if args.out:
+        from pathlib import Path
+
+        from storage.store import open_store
+
+        store, folder = open_store(store_settings(args.storage_block)), Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for line in outcome.lines:
+            path = folder / f"line-{line.index:03d}.wav"
+            path.write_bytes(store.get_bytes(store.key_of(line.uri)))
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    from flows.clone_enhanced import clone_enhanced
+
+    state = clone_enhanced(reference=args.reference, lines=args.lines, language=args.language,
+                           transcript=args.transcript, options=_speech_options(args),
+                           storage_block=args.storage_block, models_block=args.models_block, return_state=True)  # fmt: skip
+    return _print_speech(state, args)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from flows.synthesize import SpeechItem, synthesize
+
+    if args.design:
+        mode, voice = "design", {"voice_description": args.design}
+    elif args.speaker:
+        mode, voice = "custom", {"speaker": args.speaker, "instruction": args.instruct}
+    else:
+        mode, voice = "clone", {"reference": args.clone, "reference_transcript": args.transcript}
+    items = [SpeechItem(text=text, **voice) for text in args.texts]
+    state = synthesize(mode=mode, items=items, language=args.language, options=_speech_options(args),
+                       storage_block=args.storage_block, models_block=args.models_block, return_state=True)  # fmt: skip
+    return _print_speech(state, args)
+
+
+def _add_speech_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--language", default="auto", help="language of the lines, e.g. English or Chinese (default auto)")
+    p.add_argument("--no-pre-processing", action="store_true", help="use the reference as it is (it is still checked)")
+    p.add_argument("--no-post-processing", action="store_true", help="do not denoise the generated speech")
+    p.add_argument("--no-upsampling", action="store_true", help="plain resampling instead of learned 48 kHz upsampling")
+    p.add_argument("--output-rate-hz", type=int, help="rate of the WAVs (default 48000; 24000 with both --no-... "
+                   "switches writes the model's own output)")  # fmt: skip
+    p.add_argument("--model", help="Qwen3-TTS model: a Hugging Face id or a folder name under <model dir>/qwen-tts")
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=int, help="lines per model call (default 8)")
+    p.add_argument("--consent-note", help="the voice owner's consent, recorded with every line")
+    p.add_argument("--out", help="also copy the WAVs into this folder (line-000.wav, ...)")
+    p.add_argument("--storage-block", help="name of a saved voxflow-storage Block (default: environment)")
+    p.add_argument("--models-block", help="name of a saved voxflow-models Block (default: VOXFLOW_MODEL_DIR, HF_TOKEN)")
+
+
 def _model_settings(args: argparse.Namespace):
     from flows.environment import model_settings
 
@@ -166,6 +251,7 @@ def _model_settings(args: argparse.Namespace):
 
 def _model_sources():
     import tasks.denoise, tasks.diarize, tasks.separate, tasks.transcribe  # noqa: F401,E401  (they register them)
+    import tasks.synthesize, tasks.upsample  # noqa: F401,E401
     from tasks.models import MODEL_SOURCES
 
     return MODEL_SOURCES
@@ -325,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="video frame rate (default 25)")
     _add_run_options(p)
     p.set_defaults(func=cmd_lipsync)
+
+    p = commands.add_parser("clone", help="speak lines in the voice of a reference recording, enhanced to 48 kHz")
+    p.add_argument("reference", help="the voice to clone: an audio file or s3:// URI (3-30 s of one speaker)")
+    p.add_argument("lines", nargs="+", help="the texts to speak, one WAV each")
+    p.add_argument("--transcript", help="what the reference says (default: transcribed with Whisper)")
+    _add_speech_options(p)
+    p.set_defaults(func=cmd_clone)
+
+    p = commands.add_parser("synth", help="text to speech with a designed voice, a built-in speaker or a clone")
+    voice = p.add_mutually_exclusive_group(required=True)
+    voice.add_argument("--design", metavar="DESCRIPTION", help="describe the voice, e.g. 'a calm low female voice'")
+    voice.add_argument("--speaker", help="a built-in speaker of the CustomVoice model, e.g. Vivian or Ryan")
+    voice.add_argument("--clone", metavar="REFERENCE", help="a recording of the voice to clone")
+    p.add_argument("texts", nargs="+", help="the texts to speak, one WAV each")
+    p.add_argument("--instruct", help="with --speaker: how to say it, e.g. 'cheerful'")
+    p.add_argument("--transcript", help="with --clone: what the recording says (default: transcribed)")
+    _add_speech_options(p)
+    p.set_defaults(func=cmd_synth)
 
     models = commands.add_parser("models", help="the model folder: list, pull, build random test models")
     model_commands = models.add_subparsers(dest="models_command", required=True)

@@ -12,10 +12,12 @@ import os
 from prefect import serve
 from prefect.schedules import Cron
 
+from flows.clone_enhanced import clone_enhanced
 from flows.ingest import ingest
 from flows.ingest_folder import SCHEDULE_CRON, ingest_folder
 from flows.lipsync_features import lipsync_features
 from flows.separate import separate
+from flows.synthesize import synthesize
 from flows.transcribe import transcribe
 
 DEFAULT_INBOX = "inbox"
@@ -44,6 +46,16 @@ def deployments(inbox: str | None = None, cron: str | None = None) -> list:
             name="lipsync-features",
             description="80-bin log-mel windows per video frame for lip-sync models, with their index.",
             tags=["voxflow"],
+        ),
+        clone_enhanced.to_deployment(
+            name="clone-enhanced",
+            description="Speak lines in a reference recording's voice (Qwen3-TTS clone), denoised and upsampled to 48 kHz.",
+            tags=["voxflow", "gpu"],
+        ),
+        synthesize.to_deployment(
+            name="synthesize",
+            description="Batch text-to-speech: designed voices, built-in speakers or clones; one WAV and syntheses row per item.",
+            tags=["voxflow", "gpu"],
         ),
         ingest_folder.to_deployment(
             name="ingest-folder",

@@ -142,6 +142,11 @@ SYNTHESES = TableSpec(
             ("real_time_factor", pa.float64()),
             ("artifact_uri", pa.string()),
             ("artifact_sha256", pa.string()),
+            ("native_artifact_uri", pa.string()),  # the line as the model wrote it (24 kHz)
+            ("enhancement", pa.string()),  # post-chain steps, e.g. denoise,upsample or resample; null: none
+            ("attempts", pa.int32()),  # 1 + regenerations by the quality guard
+            ("quality_ok", pa.bool_()),  # false: flagged after the last attempt
+            ("quality_issues", pa.string()),  # comma-separated: empty, truncated, clipped, silent
             ("synthetic", pa.bool_()),
             ("consent_note", pa.string()),
             ("flow_run_id", pa.string()),

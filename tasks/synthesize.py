@@ -62,7 +62,7 @@ from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from tasks import quality
 from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, hub_errors, register_model_source
-from tasks.outputs import audio_input, read_audio, read_bytes, write_artifact, write_audio
+from tasks.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
 from tasks.runs import halving_batch_on_oom
 from tasks.stage import StageSpec, stage_task
 
@@ -205,7 +205,9 @@ def pull_tts_model(name: str, settings: ModelSettings) -> Path:
     return target
 
 
-register_model_source(ModelSource(STAGE, LIBRARY, DEFAULT_MODELS["clone"], pull=pull_tts_model, present=local_tts_model))
+# one source per mode, so `voxflow models pull` fetches all three (stages synthesize, synthesize-design, -custom)
+for _mode, _stage in (("clone", STAGE), ("design", f"{STAGE}-design"), ("custom", f"{STAGE}-custom")):
+    register_model_source(ModelSource(_stage, LIBRARY, DEFAULT_MODELS[_mode], pull=pull_tts_model, present=local_tts_model))
 
 
 @contextlib.contextmanager
@@ -686,12 +688,24 @@ class ReferenceText:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+def reference_words(transcript: Any, settings: StoreSettings, name: str) -> str:
+    """The words of a reference: a :class:`ReferenceText`, or the stored transcript of a transcribe stage result."""
+    if isinstance(transcript, ReferenceText):
+        return transcript.text
+    said = transcript.transcript(settings)  # tasks.transcribe.TranscribeResult
+    words = " ".join(segment.text.strip() for segment in said.segments if segment.text.strip())
+    if not words:
+        raise ValueError(f"voice reference {name!r}: no speech was transcribed from it; give its transcript "
+                         "(--transcript, or the transcript parameter)")  # fmt: skip
+    return words
+
+
 @dataclass(frozen=True)
 class VoicePromptResult:
     """What the voice_prompt stage returns: the stored prompt of one reference for one Base model."""
 
     artifact: ArtifactRef  # voice_prompt.safetensors (VoicePrompt.to_bytes)
-    reference_sha256: str  # the reference recording it was computed from
+    reference_sha256: str  # the source recording of the reference (its sha256 in the files table)
     model: str  # the Base model (repo id or folder name) it is for
     transcript: str | None  # the reference's words (None in x-vector-only mode)
 
@@ -773,23 +787,24 @@ def _line_record(item: SynthesisItem, speech: Speech, artifact: ArtifactRef, mod
 
 
 @stage_task(StageSpec(PROMPT_STAGE, code_version=CODE_VERSION, gpu=True, inputs=("reference", "transcript")))
-def clone_prompt(reference: Any, transcript: ReferenceText | None, options: VoicePromptOptions, settings: StoreSettings,
+def clone_prompt(reference: Any, transcript: Any, options: VoicePromptOptions, settings: StoreSettings,
                  models: ModelSettings) -> VoicePromptResult:  # fmt: skip
     """The voice-clone prompt of a reference recording (audio, or a stage result with ``.artifact``) for one Base model.
 
     Cached on the reference's bytes, the transcript's text and the options (model, x-vector-only),
     so it is computed once per voice and model whatever the synthesis options: the transcript comes
-    wrapped in :class:`ReferenceText` (a plain ``str`` input would be read as a source URI), and the
+    wrapped in :class:`ReferenceText` (a plain ``str`` input would be read as a source URI), or as the
+    result of the transcribe stage on the reference (keyed by its transcript's sha256), and the
     options are :class:`VoicePromptOptions` (``SynthesizeOptions.voice_prompt_options()``), not the
     synthesis options, whose seed or batch size do not change a prompt.
     """
     ref = audio_input(reference)
     samples, rate = read_audio(ref, settings)
     model = load_tts_model(options.model, models.torch_device(), models.model_dir, models.token())
-    words = transcript.text if transcript is not None else None
+    words = reference_words(transcript, settings, ref.uri) if transcript is not None and not options.x_vector_only else None
     prompt = voice_prompt(model, samples, rate, words, options.x_vector_only)
     artifact = write_artifact(settings, PROMPT_NAME, prompt.to_bytes())
-    return VoicePromptResult(artifact, ref.sha256, options.model, None if options.x_vector_only else words)
+    return VoicePromptResult(artifact, source_sha256_of(reference), options.model, None if options.x_vector_only else words)
 
 
 @stage_task(StageSpec(STAGE, code_version=CODE_VERSION, gpu=True, inputs=("lines", "prompt")))

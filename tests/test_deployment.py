@@ -152,5 +152,5 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     for name in ("ingest/ingest", "ingest-folder/ingest-folder", "transcribe/transcribe", "separate/separate",
-                 "lipsync-features/lipsync-features"):  # fmt: skip
+                 "lipsync-features/lipsync-features", "clone_enhanced/clone-enhanced", "synthesize/synthesize"):  # fmt: skip
         assert _deployment(env["PREFECT_API_URL"], name)["work_pool_name"] == "voxflow"

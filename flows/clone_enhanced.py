@@ -1,0 +1,48 @@
+"""The ``clone_enhanced`` flow: one reference voice speaks a batch of lines, enhanced to 48 kHz.
+
+1. ingest the reference (content-addressed) → 2. pre-process it (denoise, 16 kHz, loudness, trim; or
+only check it) → 3. transcribe it when no transcript is given → 4. its voice-clone prompt (once per
+reference and model) → 5. synthesize the lines in batches → 6. denoise and upsample each line →
+7. ``syntheses`` rows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import environment
+from flows.ingest import MAX_THREADS
+from flows.speech import SpeechOptions, SynthesisReport, Voice, finish, items_of, speak
+from tasks.synthesize import SynthesisRequest
+
+
+@flow(name="clone_enhanced", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def clone_enhanced(
+    reference: str,
+    lines: Annotated[list[str], Field(min_length=1)],
+    language: str = "auto",
+    transcript: str | None = None,
+    options: SpeechOptions = SpeechOptions(),
+    storage_block: str | None = None,
+    models_block: str | None = None,
+) -> SynthesisReport:
+    """Speak ``lines`` in the voice of ``reference`` (Qwen3-TTS voice clone), enhanced to 48 kHz.
+
+    Args:
+        reference: The voice to clone: an audio file or s3:// URI, 3–30 s of one speaker.
+        lines: The texts to speak, one WAV each.
+        language: Language of the lines (e.g. English, Chinese) or auto.
+        transcript: What the reference says; empty: transcribed with Whisper.
+        options: The switches (pre-processing, post-processing, upsampling), consent note and each step's options.
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+    """
+    env = environment(storage_block, models_block)
+    voice = Voice(reference, transcript, options, env)  # 1–4
+    request = SynthesisRequest("clone", items_of(lines, language))
+    finished = speak(request, voice, options, env, voice.futures)  # 5–6
+    return finish(finished, [reference] * len(finished), options, env, voice.futures, "clone-enhanced")  # 7

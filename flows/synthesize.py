@@ -1,0 +1,84 @@
+"""The ``synthesize`` flow: batch text-to-speech in one mode — designed voices, built-in speakers or clones.
+
+Items carry their own text, language and voice (a description for ``design``, a speaker and an
+optional instruction for ``custom``, a reference recording for ``clone``). Clone items are grouped by
+reference, so each reference goes through steps 1–4 of :mod:`flows.speech` once; then every group's
+lines are 5. synthesized in batches, 6. enhanced, and 7. recorded as ``syntheses`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows.environment import environment
+from flows.ingest import MAX_THREADS
+from flows.speech import SpeechOptions, SynthesisReport, Voice, finish, speak
+from tasks.synthesize import Mode, SynthesisItem, SynthesisRequest
+
+
+@dataclass(frozen=True)
+class SpeechItem:
+    """One line to speak, and whose voice speaks it."""
+
+    text: Annotated[str, Field(min_length=1, description="What to say.")]
+    language: Annotated[str | None, Field(description="Its language (e.g. English) or auto; empty: the flow's language.")] = None
+    speaker: Annotated[str | None, Field(description="custom: a built-in speaker, e.g. Vivian or Ryan.")] = None
+    instruction: Annotated[str | None, Field(description="custom: how to say it, e.g. 'whisper, slowly'.")] = None
+    voice_description: Annotated[str | None, Field(description="design: the voice, e.g. 'a warm low male voice'.")] = None
+    reference: Annotated[str | None, Field(description="clone: the voice's recording (file or s3:// URI).")] = None
+    reference_transcript: Annotated[str | None, Field(description="clone: what the recording says; empty: transcribed.")] = None
+
+    def item(self, language: str) -> SynthesisItem:
+        return SynthesisItem(text=self.text, language=self.language or language, speaker=self.speaker,
+                             instruction=self.instruction, voice_description=self.voice_description)  # fmt: skip
+
+
+def check_items(mode: Mode, items: list[SpeechItem]) -> None:
+    """One-line errors for items that cannot be spoken in ``mode`` (before any model loads)."""
+    needs = {"clone": "reference", "design": "voice_description", "custom": "speaker"}[mode]
+    missing = [i for i, item in enumerate(items) if not getattr(item, needs)]
+    if missing:
+        raise ValueError(f"{mode} mode needs a {needs} on every item; item(s) {', '.join(map(str, missing))} have none")
+
+
+@flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+def synthesize(
+    mode: Mode,
+    items: Annotated[list[SpeechItem], Field(min_length=1)],
+    language: str = "auto",
+    options: SpeechOptions = SpeechOptions(),
+    storage_block: str | None = None,
+    models_block: str | None = None,
+) -> SynthesisReport:
+    """Batch text-to-speech with Qwen3-TTS: one WAV and one ``syntheses`` row per item, in item order.
+
+    Args:
+        mode: design (a described voice), custom (a built-in speaker) or clone (a reference recording).
+        items: The lines, each with its voice for the mode.
+        language: Language of items that name none (e.g. English, Chinese) or auto.
+        options: The switches (pre-processing of references, post-processing, upsampling), consent note, step options.
+        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+    """
+    check_items(mode, items)
+    env = environment(storage_block, models_block)
+    futures: dict[str, PrefectFuture] = {}
+    groups: dict[tuple[str | None, str | None], list[int]] = {}  # clone: one voice per reference
+    for i, item in enumerate(items):
+        key = (item.reference, item.reference_transcript) if mode == "clone" else (None, None)
+        groups.setdefault(key, []).append(i)
+    voices = {key: Voice(*key, options, env) if mode == "clone" else None for key in groups}  # 1–4, all at once
+    for key, voice in voices.items():
+        futures.update({f"{stage}:{key[0]}": f for stage, f in (voice.futures if voice else {}).items()})
+    finished: dict[int, tuple] = {}
+    for key, indices in groups.items():
+        request = SynthesisRequest(mode, tuple(items[i].item(language) for i in indices))
+        finished.update(zip(indices, speak(request, voices[key], options, env, futures)))  # 5–6
+    sources = [items[i].reference if mode == "clone" else None for i in range(len(items))]
+    return finish([finished[i] for i in range(len(items))], sources, options, env, futures, "synthesize")  # 7
