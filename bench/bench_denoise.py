@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MB, RATE_HZ, cell, speech  # noqa: E402
+from bench.common import MB, RATE_HZ, cell, print_table, speech  # noqa: E402
 
 
 
@@ -151,11 +151,7 @@ def main() -> None:
                          cell(ours.get("peak_cuda_mb"), 0), cell(upstream.get("peak_cuda_mb"), 0),
                          "-" if diff is None else f"{diff:.1e}"))  # fmt: skip
             print(" | ".join(rows[-1]), flush=True)
-        print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        for note in notes:
-            print(f"note: {note}")
+        print_table(header, rows, notes)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RATE_HZ, cell, speech  # noqa: E402
+from bench.common import RATE_HZ, cell, print_table, speech  # noqa: E402
 
 METHODS = ("novasr", "novasr-whole", "soxr", "chain", "chain-plain")
 TTS_RATE_HZ = 24_000
@@ -119,11 +119,7 @@ def main() -> None:
             rtf = args.seconds / result["seconds"] if "seconds" in result else None
             rows.append((method, cell(result.get("seconds"), 2), cell(rtf, 1), cell(result.get("peak_rss_mb"), 0)))
             print(" | ".join(rows[-1]), flush=True)
-        print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        for note in notes:
-            print(f"note: {note}")
+        print_table(header, rows, notes)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,12 @@ def speech(minutes: float, files: tuple[str, ...] = SPEECH) -> np.ndarray:
 def cell(value: float | None, digits: int = 1) -> str:
     """A table cell: the value rounded, or '-' when it was not measured."""
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(header: list[str] | tuple[str, ...], rows: list, notes: list[str] = ()) -> None:
+    """The results as a Markdown table (for BENCHMARKS.md), then one line per note."""
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    for note in notes:
+        print(f"note: {note}")
