@@ -456,7 +456,7 @@ def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_
     stored = VoicePrompt.from_bytes(store.get_bytes(store.key_of(voice.artifact.uri), voice.sha256))
     np.testing.assert_array_equal(stored.ref_code, voice_prompt(base, *audio.decode_wav_bytes(
         store.get_bytes(store.key_of(reference.artifact.uri), reference.sha256)), REFERENCE_TEXT).ref_code)  # fmt: skip
-    assert (voice.model, voice.transcript, voice.reference_sha256) == (DEFAULT_MODELS["clone"], REFERENCE_TEXT, reference.sha256)
+    assert (voice.model, voice.transcript, voice.reference_sha256) == (DEFAULT_MODELS["clone"], REFERENCE_TEXT, reference.source_sha256)
 
     assert [line.text for line in lines.lines] == ["First line.", "And a second, longer line."]
     for i, line in enumerate(lines.lines):
@@ -465,7 +465,7 @@ def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_
         assert "/synthesize/" in line.artifact.uri and line.artifact.uri.endswith(f"/line-{i:03d}.wav")
         assert (line.mode, line.model, line.seed, line.attempts, line.issues) == ("clone", DEFAULT_MODELS["clone"], 0, 1,
                                                                                  ("truncated",))  # fmt: skip
-        assert line.voice_source_sha256 == reference.sha256 and line.model_revision.startswith("local-")
+        assert line.voice_source_sha256 == reference.source_sha256 and line.model_revision.startswith("local-")
         assert line.real_time_factor == pytest.approx(line.compute_s / line.duration_s)
     assert lines.summary() == {"lines": 2, "flagged": 2, "duration_s": pytest.approx(sum(x.duration_s for x in lines.lines)),
                                "model": DEFAULT_MODELS["clone"]}  # fmt: skip
