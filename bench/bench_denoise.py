@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MB, RATE_HZ, cell, print_table, speech  # noqa: E402
+from bench.common import MB, RATE_HZ, cell, print_table, run_worker, speech  # noqa: E402
 
 
 
@@ -87,10 +86,7 @@ def _run(method: str, minutes: float, model_dir: str, out: Path, args: argparse.
     command = [sys.executable, __file__, "--worker", method, "--minutes", str(minutes), "--model-dir", model_dir,
                "--out", str(out), "--device", args.device, "--threads", str(args.threads), "--chunk-s", str(args.chunk_s),
                "--overlap-s", str(args.overlap_s), "--batch-size", str(args.batch_size)]  # fmt: skip
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(command)
 
 
 

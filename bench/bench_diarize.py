@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MB, RATE_HZ, cell, print_table, speech  # noqa: E402
+from bench.common import MB, RATE_HZ, cell, print_table, run_worker, speech  # noqa: E402
 NUM_SPEAKERS = 2
 
 
@@ -80,10 +79,7 @@ def _run(method: str, minutes: float, model_dir: str, out: Path, args: argparse.
     command = [sys.executable, __file__, "--worker", method, "--minutes", str(minutes), "--model-dir", model_dir,
                "--out", str(out), "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(command, env)
 
 
 def _same_turns(a: Path, b: Path) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RATE_HZ, cell, print_table, speech  # noqa: E402
+from bench.common import RATE_HZ, cell, print_table, run_worker, speech  # noqa: E402
 
 METHODS = ("novasr", "novasr-whole", "soxr", "chain", "chain-plain")
 TTS_RATE_HZ = 24_000
@@ -82,10 +81,7 @@ def _run(method: str, model_dir: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--seconds", str(args.seconds), "--model-dir", model_dir,
                "--device", args.device, "--threads", str(args.threads), "--chunk-s", str(args.chunk_s),
                "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]  # fmt: skip
-    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(command)
 
 
 def main() -> None:

@@ -39,3 +39,17 @@ def print_table(header: list[str] | tuple[str, ...], rows: list, notes: list[str
         print("| " + " | ".join(row) + " |")
     for note in notes:
         print(f"note: {note}")
+
+
+def run_worker(command: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run one benchmark side in its own process (so its peak RSS is its own); the JSON of its last line.
+
+    A failed run gives ``{"error": <its last stderr line>}`` so the table still prints the others.
+    """
+    import json
+    import subprocess
+
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
