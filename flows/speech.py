@@ -166,11 +166,11 @@ def synthesis_id(line: SynthesizedLine, final_sha256: str) -> str:
     return hashlib.sha256(f"{line.artifact.sha256}:{final_sha256}".encode()).hexdigest()
 
 
-def synthesis_rows(finished: Sequence[tuple[SynthesizedLine, Any]], options: SpeechOptions, *,
-                   voice_source: str | None, flow_run_id: str | None) -> list[dict]:  # fmt: skip
-    """The ``syntheses`` rows of finished lines (provenance: synthetic, the voice's source, consent)."""
+def synthesis_rows(finished: Sequence[tuple[SynthesizedLine, Any]], voice_sources: Sequence[str | None],
+                   options: SpeechOptions, flow_run_id: str | None) -> list[dict]:  # fmt: skip
+    """The ``syntheses`` rows of finished lines (provenance: synthetic, each voice's source, consent)."""
     rows = []
-    for line, final in finished:
+    for (line, final), voice_source in zip(finished, voice_sources, strict=True):
         ref = getattr(final, "artifact", final)
         steps = getattr(final, "steps", ())
         rows.append({
@@ -201,8 +201,7 @@ def finish(finished: list[tuple[SynthesizedLine, Any]], voice_sources: Sequence[
     """Step 7: record the rows, publish the summary table and return the report."""
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
-    rows = [row for pair, source in zip(finished, voice_sources)
-            for row in synthesis_rows([pair], options, voice_source=source, flow_run_id=flow_run_id)]  # fmt: skip
+    rows = synthesis_rows(finished, voice_sources, options, flow_run_id)
     record_syntheses(rows, env.settings)
     outcomes = [
         LineOutcome(i, line.text, row["artifact_uri"], row["duration_s"] or 0.0, row["sample_rate_hz"], line.seed,
