@@ -16,7 +16,7 @@ from pydantic import Field
 
 from flows.environment import environment
 from flows.ingest import MAX_THREADS
-from flows.speech import SpeechOptions, SynthesisReport, Voice, finish, items_of, speak
+from flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
 from tasks.synthesize import SynthesisRequest
 
 
@@ -44,5 +44,6 @@ def clone_enhanced(
     env = environment(storage_block, models_block)
     voice = Voice(reference, transcript, options, env)  # 1–4
     request = SynthesisRequest("clone", items_of(lines, language))
-    finished = speak(request, voice, options, env, voice.futures)  # 5–6
+    speech = speak(request, voice, options, env, voice.futures)  # 5
+    finished = enhance_lines(speech, options, env, voice.futures)  # 6
     return finish(finished, [reference] * len(finished), options, env, voice.futures, "clone-enhanced")  # 7

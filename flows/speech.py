@@ -140,22 +140,28 @@ class Voice:
 
 
 def speak(request: SynthesisRequest, voice: Voice | None, options: SpeechOptions, env: Environment,
-          futures: dict[str, PrefectFuture]) -> list[tuple[SynthesizedLine, Any]]:  # fmt: skip
-    """Steps 5–6: synthesize the request's lines in batches, then finish each line; (line, final) pairs.
-
-    ``final`` is the enhanced line's result, or the line's own 24 kHz artifact when nothing is enhanced.
-    """
+          futures: dict[str, PrefectFuture]) -> PrefectFuture:  # fmt: skip
+    """Step 5: submit the request's lines for synthesis in batches, once its voice is ready."""
     prompt = None
     if voice is not None:
         voice.wait()
         prompt = voice.prompt
-    speech = env.stage(synthesize_lines).submit(request, prompt, options.synthesize, env.settings, env.models)  # 5.
+    speech = env.stage(synthesize_lines).submit(request, prompt, options.synthesize, env.settings, env.models)
     futures[f"synthesize:{len(futures)}"] = speech
+    return speech
+
+
+def enhance_lines(speech: PrefectFuture, options: SpeechOptions, env: Environment,
+                  futures: dict[str, PrefectFuture]) -> list[tuple[SynthesizedLine, Any]]:  # fmt: skip
+    """Step 6: finish each synthesized line; (line, final) pairs.
+
+    ``final`` is the enhanced line's result, or the line's own 24 kHz artifact when nothing is enhanced.
+    """
     lines = speech.result().lines
     enhance = options.enhance_options()
     if enhance is None:
         return [(line, line.artifact) for line in lines]
-    finals = [env.stage(enhance_audio).submit(line.artifact, enhance, env.settings, env.models) for line in lines]  # 6.
+    finals = [env.stage(enhance_audio).submit(line.artifact, enhance, env.settings, env.models) for line in lines]
     for i, future in enumerate(finals):
         futures[f"enhance:{len(futures)}:{i}"] = future
     return [(line, future.result()) for line, future in zip(lines, finals)]

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from flows.environment import environment
 from flows.ingest import MAX_THREADS
-from flows.speech import SpeechOptions, SynthesisReport, Voice, finish, speak
+from flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
 from tasks.synthesize import Mode, SynthesisItem, SynthesisRequest
 
 
@@ -76,9 +76,12 @@ def synthesize(
     voices = {key: Voice(*key, options, env) if mode == "clone" else None for key in groups}  # 1–4, all at once
     for key, voice in voices.items():
         futures.update({f"{stage}:{key[0]}": f for stage, f in (voice.futures if voice else {}).items()})
+    speeches = {  # 5. each group's lines as soon as its voice is ready (groups run side by side)
+        key: speak(SynthesisRequest(mode, tuple(items[i].item(language) for i in indices)), voices[key], options, env, futures)
+        for key, indices in groups.items()
+    }  # fmt: skip
     finished: dict[int, tuple] = {}
-    for key, indices in groups.items():
-        request = SynthesisRequest(mode, tuple(items[i].item(language) for i in indices))
-        finished.update(zip(indices, speak(request, voices[key], options, env, futures)))  # 5–6
+    for key, indices in groups.items():  # 6. finish each line
+        finished.update(zip(indices, enhance_lines(speeches[key], options, env, futures)))
     sources = [items[i].reference if mode == "clone" else None for i in range(len(items))]
     return finish([finished[i] for i in range(len(items))], sources, options, env, futures, "synthesize")  # 7

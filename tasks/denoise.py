@@ -43,6 +43,7 @@ from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from tasks import audio
 from tasks.models import (
+    holding,
     MODEL_DIR_ENV,
     RESIDENT,
     ModelNotFound,
@@ -344,10 +345,11 @@ def denoise(samples: np.ndarray, sample_rate_hz: int, model: Demucs, options: De
     if samples.ndim != 2 or samples.shape[1] == 0:
         raise ValueError(f"expected (channels, samples) audio with samples, got shape {samples.shape}")
     noisy = audio.resample(np.asarray(samples, dtype=np.float32), sample_rate_hz, model.sample_rate)
-    estimate = halving_batch_on_oom(
-        lambda batch_size: denoise_at_model_rate(noisy, model, options, batch_size=batch_size, hook=hook),
-        options.batch_size,
-    )
+    with holding(model):
+        estimate = halving_batch_on_oom(
+            lambda batch_size: denoise_at_model_rate(noisy, model, options, batch_size=batch_size, hook=hook),
+            options.batch_size,
+        )
     wet = _fit_length(audio.resample(estimate, model.sample_rate, sample_rate_hz), samples.shape[1])
     mixed = wet * np.float32(1.0 - options.dry)
     mixed += np.float32(options.dry) * samples

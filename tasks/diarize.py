@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Mapping
@@ -37,6 +36,7 @@ from storage.settings import StoreSettings
 from storage.store import shared_store
 from tasks import audio as audio_ops
 from tasks.models import (
+    holding,
     RESIDENT,
     ModelNotFound,
     ModelSettings,
@@ -62,7 +62,6 @@ PROGRESS_TOTAL = 100  # progress is reported in percent ...
 PROGRESS_PHASES = {"segmentation": (0, 20), "embeddings": (20, 80)}  # ... step -> (start, share) in percent
 
 # One diarization at a time per process: batch sizes are set on the shared (resident) pipeline.
-_PIPELINE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,7 @@ def diarize(waveform: Mapping[str, Any], pipeline: Any, options: DiarizeOptions,
         return Diarization((), (), ())
 
     def run(batch_size: int) -> Any:
-        with _PIPELINE_LOCK:
+        with holding(pipeline):  # the batch sizes are set on the shared pipeline
             pipeline.segmentation_batch_size = min(options.segmentation_batch_size, batch_size)
             pipeline.embedding_batch_size = min(options.embedding_batch_size, batch_size)
             try:

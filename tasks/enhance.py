@@ -34,7 +34,7 @@ from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from tasks import audio
 from tasks.denoise import DenoiseOptions, denoise, load_denoise_model
-from tasks.models import ModelSettings
+from tasks.models import ModelSettings, holding
 from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from tasks.stage import StageSpec, stage_task
 from tasks.upsample import INPUT_RATE_HZ, OUTPUT_RATE_HZ, UpsampleOptions, load_upsample_model, upsample
@@ -177,11 +177,13 @@ def enhance(samples: np.ndarray, rate_hz: int, options: EnhanceOptions = Enhance
         if DENOISE in steps:
             if denoiser is None:
                 denoiser = load_enhance_denoiser(options.denoiser.model, device, model_dir)
-            line, rate = denoise_step(line, rate, denoiser, options.denoiser)
+            with holding(denoiser):
+                line, rate = denoise_step(line, rate, denoiser, options.denoiser)
         if UPSAMPLE in steps:
             if sr_model is None:
                 sr_model = load_upsample_model(options.sr.model, device, model_dir, half=options.sr.half)
-            line, rate = upsample_step(line, rate, sr_model, options.sr)
+            with holding(sr_model):
+                line, rate = upsample_step(line, rate, sr_model, options.sr)
         result = line.cpu().numpy()
     if RESAMPLE in steps:
         result, rate = resample_step(result, rate, options.output_rate_hz)

@@ -13,6 +13,12 @@ The model dir is the ``voxflow-models`` Block's ``model_dir``, else ``VOXFLOW_MO
 Face token (gated pyannote models) is the Block's ``hf_token``, else ``HF_TOKEN``. Models are loaded
 lazily, once per process and device, through :data:`RESIDENT`; on a GPU only the models of the stage
 running now stay resident, so the next stage finds the memory free.
+
+A loaded model is shared by every thread of the process, but the libraries' inference is not
+thread-safe: openai-whisper installs its kv-cache hooks on the shared decoder for each decode (two
+decodes at once read each other's caches and fail), and Qwen3-TTS samples from torch's global random
+generator right after seeding it. Every compute function therefore uses its models inside
+:func:`holding` (one thread at a time per model), and seeded sampling inside :func:`seeded`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +123,50 @@ def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
                 f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}"
             ) from None
         raise
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_UNREFERENCEABLE_LOCKS: dict[int, threading.RLock] = {}  # models that take no weak reference, by id
+_LOCKS_LOCK = threading.Lock()
+_RNG_LOCK = threading.RLock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock of one loaded model object (created on first use, dropped with the model)."""
+    with _LOCKS_LOCK:
+        try:
+            return _MODEL_LOCKS.setdefault(model, threading.RLock())
+        except TypeError:  # no weak reference to it (or unhashable): keep its lock by identity
+            return _UNREFERENCEABLE_LOCKS.setdefault(id(model), threading.RLock())
+
+
+@contextlib.contextmanager
+def holding(*models: Any) -> Iterator[None]:
+    """Use ``models`` (None ones skipped) from this thread only, until the block ends.
+
+    Parallel files share one copy of each model per device and take turns on it. The locks are
+    re-entrant (a compute function may call another on the same model) and always taken in the same
+    order, so two threads asking for overlapping sets never deadlock.
+    """
+    locks = {id(lock): lock for lock in (model_lock(m) for m in models if m is not None)}
+    with contextlib.ExitStack() as stack:
+        for _, lock in sorted(locks.items()):
+            stack.enter_context(lock)
+        yield
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """``torch.manual_seed(seed)``, with no other seeded sampling in this process until the block ends.
+
+    torch's default generator is one per process: a thread seeding it while another samples would
+    change both results.
+    """
+    import torch
+
+    with _RNG_LOCK:
+        torch.manual_seed(seed)
+        yield
 
 
 class ResidentModels:

@@ -32,7 +32,7 @@ from pydantic import Field
 from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from tasks.audio import resample, to_dbfs
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, hub_errors, register_model_source
+from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
 from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from tasks.runs import halving_batch_on_oom
 from tasks.stage import StageSpec, stage_task
@@ -417,7 +417,8 @@ def separate(samples: np.ndarray, sample_rate_hz: int, model: Any, options: Sepa
     """
     channels, frames = samples.shape
     _check(model, channels, frames, options.segment_s)
-    out = _vocals_and_accompaniment(to_model_input(samples, sample_rate_hz, model), model, options, hook)
+    with holding(model):
+        out = _vocals_and_accompaniment(to_model_input(samples, sample_rate_hz, model), model, options, hook)
     back = [to_input_layout(part.numpy(), model.samplerate, sample_rate_hz, channels, frames) for part in out]
     return Separation(back[0], back[1], sample_rate_hz, tuple(model.sources))
 

@@ -61,7 +61,7 @@ from pydantic import Field
 from storage.refs import ArtifactRef
 from storage.settings import StoreSettings
 from tasks import quality
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, hub_errors, register_model_source
+from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source, seeded
 from tasks.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
 from tasks.runs import halving_batch_on_oom
 from tasks.stage import StageSpec, stage_task
@@ -533,7 +533,7 @@ def voice_prompt(model: Qwen3TTSModel, samples: np.ndarray, sample_rate_hz: int,
                          f"{MIN_REFERENCE_S:g} s (3 s or more is best)")  # fmt: skip
     if not x_vector_only and not (transcript or "").strip():
         raise ValueError("cloning with the reference's words (x_vector_only False) needs its transcript")
-    with quiet_transformers():
+    with quiet_transformers(), holding(model):
         items = model.create_voice_clone_prompt(ref_audio=(mono, int(sample_rate_hz)),
                                                 ref_text=None if x_vector_only else transcript.strip(),  # type: ignore[union-attr]
                                                 x_vector_only_mode=x_vector_only)  # fmt: skip
@@ -577,16 +577,14 @@ class _Generated:
 
 def _call_model(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items: Sequence[SynthesisItem],
                 prompt: VoiceClonePromptItem | None, options: SynthesizeOptions, seed: int) -> list[_Generated]:  # fmt: skip
-    """One call of the model's list API for ``pieces``, seeded right before it."""
-    torch = _torch()
+    """One call of the model's list API for ``pieces``, seeded right before it (:func:`~tasks.models.seeded`)."""
     texts = [p.text for p in pieces]
     lines = [items[p.line] for p in pieces]
     max_new_tokens = max_new_tokens_for(texts, options)
     kwargs = {"text": texts, "language": [item.language for item in lines], "max_new_tokens": max_new_tokens,
               **options.generate_kwargs()}  # fmt: skip
-    started = time.perf_counter()
-    with quiet_transformers():
-        torch.manual_seed(seed)
+    with quiet_transformers(), holding(model), seeded(seed):
+        started = time.perf_counter()  # after the wait for the model: compute time only
         if mode == "clone":
             wavs, rate = model.generate_voice_clone(voice_clone_prompt=[prompt], **kwargs)
         elif mode == "design":

@@ -42,7 +42,7 @@ from storage.settings import StoreSettings
 from storage.store import shared_store
 from tasks import audio as audio_io
 from tasks import subtitles
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, hub_errors, register_model_source
+from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
 from tasks.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact
 from tasks.runs import current_run, halving_batch_on_oom
 from tasks.speakers import Turn, parse_rttm
@@ -602,9 +602,14 @@ def _segments(chunk: _Chunk) -> list[Segment]:
 
 def transcribe_speech(model: Any, vad: Any, samples: np.ndarray, options: TranscribeOptions, *,
                       batch_size: int | None = None, hook: Hook | None = None) -> Transcript:  # fmt: skip
-    """Voice activity, chunks and batched decoding of 16 kHz mono ``samples`` (steps 1 to 3)."""
-    chunks = merge_spans(detect_speech(samples, vad, options), options.chunk_s)
-    return decode_chunks(model, samples, chunks, options, batch_size=batch_size, hook=hook)
+    """Voice activity, chunks and batched decoding of 16 kHz mono ``samples`` (steps 1 to 3).
+
+    Holds ``model`` and ``vad`` (:func:`~tasks.models.holding`): whisper hooks its kv-cache onto the
+    shared decoder for every decode.
+    """
+    with holding(model, vad):
+        chunks = merge_spans(detect_speech(samples, vad, options), options.chunk_s)
+        return decode_chunks(model, samples, chunks, options, batch_size=batch_size, hook=hook)
 
 
 # ---- speakers -----------------------------------------------------------------------------------
