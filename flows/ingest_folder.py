@@ -47,7 +47,8 @@ def _final_state(report: RunReport) -> State | RunReport:
     if not report.failed:
         return Completed(message=report.summary(), data=report)
     partial = len(report.failed) < len(report.outcomes)
-    return Failed(name="Partially failed" if partial else "Failed", message=report.summary(), data=FilesFailed(report))
+    return Failed(name="Partially failed" if partial else "Failed", message=report.state_message(),
+                  data=FilesFailed(report))  # fmt: skip
 
 
 @flow(name="ingest-folder", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

@@ -19,7 +19,7 @@ from flows.reporting import Progress, publish_table
 from storage.sources import SourceEntry, expand_sources
 from tasks.audio import SUPPORTED_FORMATS
 from tasks.caching import params_hash
-from tasks.runs import is_transient
+from tasks.runs import failed_stage, failure_reason, is_transient
 from tasks.stage import artifact_refs
 
 
@@ -60,14 +60,24 @@ def register(pipeline: FilePipeline) -> FilePipeline:
 @dataclass(frozen=True)
 class FileOutcome:
     """One file's outcome: ``done`` (some stage computed), ``cached`` (every stage a cache hit),
-    ``failed`` (with the first failing stage's one-line reason) or ``skipped`` (already processed)."""
+    ``failed`` (with the failing stage and its one-line reason) or ``skipped`` (already processed)."""
 
     source_uri: str
     status: str
     result: Any = None
-    error: str | None = None
+    error: str | None = None  # why it failed, in one line (see tasks.runs.failure_reason)
     transient: bool = False
     stages: tuple[str, ...] = ()  # the stages that computed (not cache hits)
+    failed_stage: str | None = None  # the stage that failed (None: before any stage ran)
+
+    @property
+    def name(self) -> str:
+        return self.source_uri.rsplit("/", 1)[-1]
+
+    @property
+    def message(self) -> str:
+        """``<file>: <stage>: <reason>``: the one line that tells a user which file failed where and why."""
+        return ": ".join(part for part in (self.name, self.failed_stage, self.error or self.status) if part)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -78,12 +88,12 @@ class FileOutcome:
         """One row of the summary table: the file, its status, what the result says of it, links."""
         summary = getattr(self.result, "summary", None)
         return {
-            "file": self.source_uri.rsplit("/", 1)[-1],
+            "file": self.name,
             "status": self.status,
             "computed": ", ".join(self.stages),
             **(summary() if callable(summary) else {}),
             "outputs": ", ".join(f"[{name}]({uri})" for name, uri in self.outputs.items()),
-            "error": self.error or "",
+            "error": ": ".join(p for p in (self.failed_stage, self.error) if p),
         }
 
 
@@ -106,29 +116,34 @@ class RunReport:
         counts = ", ".join(f"{self.count(s)} {labels.get(s, s)}" for s in statuses)
         return f"{len(self.outcomes)} file(s): {counts}"
 
+    def state_message(self) -> str:
+        """The summary, then each failed file with its stage and reason (a flow run's state message)."""
+        failed = "; ".join(o.message for o in self.failed)
+        return f"{self.summary()}; failed: {failed}" if failed else self.summary()
+
 
 class FilesFailed(Exception):
     """Some files failed; carries the whole report so callers still see what succeeded."""
 
     def __init__(self, report: RunReport) -> None:
-        reasons = "; ".join(o.error or "" for o in report.failed)
-        super().__init__(f"{report.summary()}: {reasons}")
+        super().__init__(report.state_message())
         self.report = report
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def failed_outcome(source_uri: str, error: BaseException, stage: str | None = None) -> FileOutcome:
+    """A failed file: the stage it failed in and the reason, in words a user can act on."""
+    return FileOutcome(source_uri, "failed", error=failure_reason(error), transient=is_transient(error),
+                       failed_stage=failed_stage(error) or stage)  # fmt: skip
 
 
 def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutcome:
     """The outcome of one file from its finished stage futures (by stage, in the order they ran)."""
-    for future in futures.values():
+    for stage, future in futures.items():
         if not future.state.is_completed():
             error = future.result(raise_on_failure=False)
             if not isinstance(error, BaseException):
                 error = RuntimeError(future.state.message or future.state.name)
-            return FileOutcome(source_uri, "failed", error=_one_line(error), transient=is_transient(error))
+            return failed_outcome(source_uri, error, stage)
     computed = tuple(stage for stage, f in futures.items() if f.state.name != "Cached")
     last = list(futures.values())[-1]
     return FileOutcome(source_uri, "done" if computed else "cached", last.result(), stages=computed)
@@ -147,7 +162,7 @@ def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env:
             try:
                 futures = pipeline.submit(source, options, env)
             except Exception as e:  # one bad file never stops the others
-                outcomes[source] = FileOutcome(source, "failed", error=_one_line(e), transient=is_transient(e))
+                outcomes[source] = failed_outcome(source, e)
                 progress(len(outcomes), len(sources))
                 continue
             running[list(futures.values())[-1]] = (source, futures)
@@ -184,7 +199,7 @@ def processed_rows(pipeline: FilePipeline, options: Any, entries: Sequence[Sourc
             "transient": outcome.transient,
             "source_sha256": getattr(outcome.result, "source_sha256", None),
             "outputs": json.dumps(outcome.outputs),
-            "error_message": outcome.error,
+            "error_message": ": ".join(p for p in (outcome.failed_stage, outcome.error) if p) or None,
             "flow_run_id": flow_run_id,
         })  # fmt: skip
     return rows

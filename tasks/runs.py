@@ -79,6 +79,53 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+OUR_PACKAGES = frozenset({"tasks", "flows", "storage", "blocks"})  # top-level packages of voxflow's own code
+
+
+def raised_in(error: BaseException) -> str | None:
+    """The top-level package of the code that raised ``error`` (its innermost traceback frame)."""
+    tb = error.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__") or "").split(".")[0] or None
+
+
+def note_failure(error: BaseException, stage: str) -> None:
+    """Mark ``error`` with the stage it failed in and, when a library raised it, that library.
+
+    The marks are attributes, so they survive the pickling of a failed task's result; a later
+    :func:`failure_reason` turns them into the one line a user sees.
+    """
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions with __slots__ take no attributes
+        if getattr(error, "voxflow_stage", None) is None:
+            origin = raised_in(error)
+            error.voxflow_stage = stage  # type: ignore[attr-defined]
+            error.voxflow_origin = None if origin in OUR_PACKAGES else origin  # type: ignore[attr-defined]
+
+
+def failed_stage(error: BaseException) -> str | None:
+    """The stage ``error`` was raised in (see :func:`note_failure`), if known."""
+    return getattr(error, "voxflow_stage", None)
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line a user can act on: voxflow's own messages as they are; a library's unexpected error
+    said to be one (with where to find the traceback), followed by the library's own text."""
+    text = str(error).strip()
+    said = text.splitlines()[0] if text else type(error).__name__
+    if is_out_of_memory(error):
+        return f"out of GPU memory even at a batch of one; lower the stage's batch_size or free the GPU ({said})"
+    origin = getattr(error, "voxflow_origin", None)
+    if is_transient(error):
+        return f"{said} (a storage or network failure that outlasted the retries; the next run tries again)"
+    if origin is None:
+        return said
+    return (f"unexpected {type(error).__name__} inside {origin} (a bug to report; the task run's log or "
+            f"'voxflow -v' shows the traceback): {said}")  # fmt: skip
+
+
 def _imported_torch():
     """torch when some code has imported it completely (never importing it here), else None."""
     torch = sys.modules.get("torch")

@@ -45,7 +45,7 @@ from storage.store import ArtifactStore, shared_store
 from tasks.caching import params_hash, stage_cache_key
 from tasks.gpu import gpu_guard
 from tasks.locks import FileLockManager
-from tasks.runs import StageRun, record_stage_run, retry_transient, stage_run_row
+from tasks.runs import StageRun, note_failure, record_stage_run, retry_transient, stage_run_row
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,12 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             models = parameters.get("models")  # a model stage's ModelSettings: the device its row records
             if models is not None:
                 stage_run.device = models.torch_device()
-            with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
-                return fn(*args, **kwargs)
+            try:
+                with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
+                    return fn(*args, **kwargs)
+            except Exception as e:
+                note_failure(e, spec.name)  # the stage and the library that raised it, for the user's one line
+                raise
 
         policy = StageCachePolicy(
             spec=spec,

@@ -59,7 +59,8 @@ def test_bad_input_gives_one_line_errors_and_nonzero_exit(run_cli, tmp_path):
     assert result.returncode == 1
     errors = result.stderr.strip().splitlines()
     assert [line.split("'")[1] for line in errors] == ["truncated.wav", "empty.wav", "notes.wav"]
-    assert all(line.startswith("error: cannot decode '") for line in errors)
+    for line, name in zip(errors, ["truncated.wav", "empty.wav", "notes.wav"]):  # the file, the stage, the reason
+        assert line.startswith(f"error: {name}: ingest: cannot decode '{name}': ")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / ".voxflow" / "artifacts").exists()
     assert not (tmp_path / ".voxflow" / "catalog" / "files").exists()

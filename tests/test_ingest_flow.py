@@ -163,6 +163,9 @@ def test_bad_files_fail_alone_and_leave_nothing_half_written(tmp_path, use_store
     assert errors["truncated.wav"].startswith("cannot decode 'truncated.wav': file is truncated")
     assert errors["empty.wav"] == "cannot decode 'empty.wav': file is empty"
     assert errors["notes.wav"].startswith("cannot decode 'notes.wav': not a recognised audio format")
+    assert {o.failed_stage for o in report.failed} == {"ingest"}
+    assert str(e.value).startswith("4 file(s): 1 done, 0 cached, 3 failed; failed: ")  # the run's state message
+    assert all(f"{name}: ingest: cannot decode '{name}'" in str(e.value) for name in errors)
 
     assert list(catalog.frame("files")["source_name"]) == ["good.wav"]
     assert len(catalog.frame("artifacts")) == 1

@@ -80,7 +80,7 @@ def test_partial_failure_state_and_bad_files_are_not_retried_on_the_next_run(tmp
     (folder / "broken.wav").write_bytes(b"RIFF\x00\x00")
     state = ingest_folder(source=str(folder), return_state=True)
     assert state.is_failed() and state.name == "Partially failed"
-    assert state.message == "2 file(s): 1 done, 0 cached, 1 failed"
+    assert state.message.startswith("2 file(s): 1 done, 0 cached, 1 failed; failed: broken.wav: ingest: cannot decode")
     error = state.result(raise_on_failure=False)
     assert isinstance(error, FilesFailed) and error.report.failed[0].error.startswith("cannot decode 'broken.wav'")
 

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from storage.settings import StoreSettings
@@ -184,3 +185,21 @@ def test_gpu_stages_share_the_gpu_slots_and_cpu_stages_do_not(tmp_path, use_stor
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(gpu.GPU_LIMIT)
     assert (limit.limit, limit.active_slots) == (1, 0)  # created with one slot per GPU, all released
+
+
+def test_a_library_error_names_the_file_the_stage_and_says_it_is_unexpected(tmp_path, use_store, monkeypatch):
+    use_store(StoreSettings(location=str(tmp_path / "store")))
+
+    def singular(*args, **kwargs):  # raised inside numpy's own code, as a library bug would be
+        return np.linalg.inv(np.zeros((2, 2)))
+
+    monkeypatch.setattr(stages, "apply_gain", singular)
+    from flows.pipelines import FilesFailed
+
+    with pytest.raises(FilesFailed) as e:
+        chain(paths=[str(CORPUS / "denoise_babble" / "speech.wav")])
+    outcome = e.value.report.outcomes[0]
+    assert outcome.failed_stage == "gain" and not outcome.transient
+    assert outcome.message.startswith("speech.wav: gain: unexpected LinAlgError inside numpy (a bug to report;")
+    assert outcome.message.endswith("): Singular matrix") and "\n" not in outcome.message
+    assert "failed: speech.wav: gain: unexpected LinAlgError" in str(e.value)
