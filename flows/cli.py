@@ -36,9 +36,8 @@ def _print_report(report, columns: Sequence[str]) -> int:
     if rows:
         _print_rows(rows, columns)
     print(report.summary())
-    for outcome in report.failed:  # one line per file, naming it
-        name, error = outcome.source_uri.rsplit("/", 1)[-1], outcome.error or ""
-        print(f"error: {error if name in error else f'{name}: {error}'}", file=sys.stderr)
+    for outcome in report.failed:  # one line per file: the file, the stage, the reason
+        print(f"error: {outcome.message}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
@@ -173,10 +172,11 @@ def _print_speech(state, args: argparse.Namespace) -> int:
     """The lines table, a warning per flagged line, and the WAVs copied to ``--out``."""
     from flows.environment import store_settings
 
+    from tasks.runs import failed_stage, failure_reason
+
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
-        print(f"error: {str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: {': '.join(p for p in (failed_stage(outcome), failure_reason(outcome)) if p)}", file=sys.stderr)
         return 2 if isinstance(outcome, ValueError) else 1
     _print_rows([line.row() for line in outcome.lines],
                 ("line", "text", "duration_s", "rate_hz", "seed", "attempts", "quality", "wav"))  # fmt: skip
@@ -343,7 +343,7 @@ def cmd_blocks_save_storage(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_all
 
-    serve_all(args.inbox, args.cron)
+    serve_all(args.inbox, args.cron, args.interval)
     return 0
 
 
@@ -469,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="serve every flow as a deployment on this machine (flow.serve)")
     p.add_argument("--inbox", help="folder or s3:// prefix the scheduled ingest-folder watches "
                    "(default $VOXFLOW_INBOX or ./inbox)")  # fmt: skip
-    p.add_argument("--cron", help="ingest-folder cron schedule (default every 10 minutes)")
+    schedule = p.add_mutually_exclusive_group()
+    schedule.add_argument("--cron", help="ingest-folder cron schedule (default every 10 minutes)")
+    schedule.add_argument("--interval", type=float, metavar="SECONDS", help="run ingest-folder every N seconds instead")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from prefect import serve
-from prefect.schedules import Cron
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron, Interval
 
 from flows.clone_enhanced import clone_enhanced
 from flows.ingest import ingest
@@ -23,8 +24,11 @@ from flows.transcribe import transcribe
 DEFAULT_INBOX = "inbox"
 
 
-def deployments(inbox: str | None = None, cron: str | None = None) -> list:
-    """One deployment per flow, named after the flow; ``ingest-folder`` watches ``inbox`` on ``cron``."""
+def deployments(inbox: str | None = None, cron: str | None = None, interval_s: float | None = None) -> list:
+    """One deployment per flow, named after the flow; ``ingest-folder`` watches ``inbox`` on ``cron``
+    (default every 10 minutes), or every ``interval_s`` seconds when given."""
+    if cron and interval_s:
+        raise ValueError("give the ingest-folder schedule as a cron expression or an interval, not both")
     inbox = inbox or os.environ.get("VOXFLOW_INBOX") or os.path.abspath(DEFAULT_INBOX)
     return [
         ingest.to_deployment(
@@ -61,12 +65,14 @@ def deployments(inbox: str | None = None, cron: str | None = None) -> list:
             name="ingest-folder",
             description="Run a flow on every file of a folder or s3:// prefix not yet processed with its parameters.",
             tags=["voxflow"],
-            schedule=Cron(cron or SCHEDULE_CRON),
+            schedule=Interval(interval_s) if interval_s else Cron(cron or SCHEDULE_CRON),
+            # a tick that finds the previous run still working is cancelled: the next tick takes what is left
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             parameters={"source": inbox},
         ),
     ]
 
 
-def serve_all(inbox: str | None = None, cron: str | None = None) -> None:
+def serve_all(inbox: str | None = None, cron: str | None = None, interval_s: float | None = None) -> None:
     """Serve every deployment from this process until interrupted."""
-    serve(*deployments(inbox, cron))
+    serve(*deployments(inbox, cron, interval_s))

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,65 +11,18 @@ import pytest
 
 from storage.catalog import Catalog
 from storage.store import LocalStore
+from tests import servers
 from tests.conftest import CORPUS
+from tests.servers import BIN, stop, wait_for
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what}: not ready after {timeout_s} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real Prefect server (SQLite) on a free loopback port; yields the environment to reach it."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        VOXFLOW_HOME=str(tmp_path / "store"),
-    )
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        health = f"http://127.0.0.1:{port}/api/health"
-        _wait(lambda: urllib.request.urlopen(health, timeout=2).status == 200, 120, "prefect server", server)
+    with servers.prefect_server(tmp_path) as env:
         yield env
-    finally:
-        _stop(server)
-        log.close()
 
 
 def _deployment(api: str, name: str) -> dict:
@@ -93,7 +41,7 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
     )  # fmt: skip
     try:
         api = env["PREFECT_API_URL"]
-        _wait(lambda: bool(_deployment(api, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
+        wait_for(lambda: bool(_deployment(api, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
         jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
         run = subprocess.run(
             [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "-p", f"paths={json.dumps([jfk])}",
@@ -109,6 +57,8 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         folder = _deployment(api, "ingest-folder/ingest-folder")
         assert folder["parameters"] == {"source": str(inbox)}
         assert [s["schedule"]["cron"] for s in folder["schedules"]] == ["*/10 * * * *"]
+        assert folder["global_concurrency_limit"]["limit"] == 1  # scheduled runs never overlap
+        assert folder["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         schema = folder["parameter_openapi_schema"]["properties"]
         assert schema["pattern"]["default"] == "*" and "fnmatch" in schema["pattern"]["description"]
         assert "ingest" in str(schema["pipeline"]) and schema["parallel_files"]["minimum"] == 1
@@ -137,7 +87,7 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         segments = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("segments")
         assert set(segments["stage"]) == {"diarize", "transcribe"} and set(segments["speaker"]) == {"SPEAKER_00"}
     finally:
-        _stop(serve)
+        stop(serve)
         log.close()
 
 
@@ -154,3 +104,6 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
     for name in ("ingest/ingest", "ingest-folder/ingest-folder", "transcribe/transcribe", "separate/separate",
                  "lipsync-features/lipsync-features", "clone_enhanced/clone-enhanced", "synthesize/synthesize"):  # fmt: skip
         assert _deployment(env["PREFECT_API_URL"], name)["work_pool_name"] == "voxflow"
+    folder = _deployment(env["PREFECT_API_URL"], "ingest-folder/ingest-folder")
+    assert folder["global_concurrency_limit"]["limit"] == 1
+    assert folder["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"

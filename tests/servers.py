@@ -1,0 +1,120 @@
+"""Real servers on loopback for the tests that need them: ``prefect server start`` on SQLite or
+PostgreSQL (Debian's postgresql, started with ``initdb``/``pg_ctl``, installed by ``./dev``)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+             every_s: float = 0.5) -> None:  # fmt: skip
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout_s`` or if ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(every_s)
+    raise TimeoutError(f"{what}: not ready after {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, then SIGKILL if it does not exit within 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (``initdb``, ``pg_ctl``), if installed."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server on a free loopback port, its data in a new temporary folder; yields an asyncpg URL.
+
+    Runs as the ``postgres`` user when started by root (initdb refuses root), so the folder lies directly
+    in the system's temporary folder, where that user can reach it, and is removed afterwards.
+    """
+    binaries = postgres_bin()
+    if binaries is None:
+        raise RuntimeError("PostgreSQL is not installed: ./dev installs it (apt-get install postgresql-15)")
+    folder = Path(tempfile.mkdtemp(prefix="voxflow-postgres-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = folder / "data", free_port()
+    try:
+        subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "--no-sync"], check=True, capture_output=True)  # fmt: skip
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+                        str(folder / "log"), "-w", "start"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run([*as_user, str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "prefect"], check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def prefect_server(folder: Path, database_url: str | None = None) -> Iterator[dict[str, str]]:
+    """``prefect server start`` on a free loopback port (SQLite, or ``database_url``); yields the
+    environment that reaches it (``PREFECT_API_URL``, a fresh ``PREFECT_HOME`` and ``VOXFLOW_HOME``).
+    The server's output is in ``folder/server.log``."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    env.update(
+        PREFECT_HOME=str(folder / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        VOXFLOW_HOME=str(folder / "store"),
+    )
+    server_env = dict(env)
+    if database_url:
+        server_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        health = f"http://127.0.0.1:{port}/api/health"
+        wait_for(lambda: urllib.request.urlopen(health, timeout=2).status == 200, 180, "prefect server", server)
+        yield env
+    finally:
+        stop(server)
+        log.close()
