@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,7 @@ def test_failing_lines_are_regenerated_together_with_new_seeds_then_flagged(fold
 
     def fake(texts, seed):  # "bad" is always silent, "flaky" only with the first seed
         silent = lambda text: text.startswith("bad") or (text.startswith("flaky") and seed == 5)  # noqa: E731
+        time.sleep(0.02)  # a call's time, shared by its lines: more calls, more compute time
         return [np.zeros(24_000, np.float32) if silent(t) else _speech_like(1.5, seed) for t in texts], SAMPLE_RATE_HZ
 
     recorder = Recorder(model, "generate_voice_design", monkeypatch, fake)
