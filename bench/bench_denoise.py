@@ -6,7 +6,7 @@ Builds a random-weight DNS48 (``full``: the real sizes, the default; ``tiny`` fo
 a temporary model folder, makes 16 kHz mono speech of each length by looping the corpus recordings,
 and runs, each in its own subprocess (so peak RSS is that run's own):
 
-* ``ours``: :func:`tasks.denoise.denoise` (chunks of ``--chunk-s``, batches of ``--batch-size``);
+* ``ours``: :func:`voxflow.tasks.denoise.denoise` (chunks of ``--chunk-s``, batches of ``--batch-size``);
 * ``upstream``: ``denoiser.enhance.get_estimate`` with ``streaming=False``: one forward pass over
   the whole file, what ``python -m denoiser.enhance`` does per file. Its memory grows with the
   file, so a length whose predicted peak (linear in the length, from the shortest run) exceeds
@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
     """One timed run in this process; prints a JSON line and saves the output for the comparison."""
     import torch
 
-    from tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+    from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
 
     torch.set_num_threads(args.threads)
     model = load_denoise_model("dns48", args.device, args.model_dir)
@@ -109,7 +109,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("denoiser", tmp, args.size)

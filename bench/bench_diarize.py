@@ -7,8 +7,8 @@ ResNet34 embedding costs minutes per minute of audio, so use ``--size full --min
 it, or a GPU), makes 16 kHz mono speech of each length by looping the corpus recordings, and runs,
 each in its own subprocess (so peak RSS is that run's own):
 
-* ``ours``: :func:`tasks.diarize.waveform_input` + :func:`tasks.diarize.diarize` on the pipeline from
-  :func:`tasks.diarize.load_diarize_model`;
+* ``ours``: :func:`voxflow.tasks.diarize.waveform_input` + :func:`voxflow.tasks.diarize.diarize` on the pipeline from
+  :func:`voxflow.tasks.diarize.load_diarize_model`;
 * ``upstream``: ``Pipeline.from_pretrained(folder)`` called on ``{"waveform", "sample_rate"}``
   (pyannote's own entry point; a file path needs FFmpeg's shared libraries, absent here).
 
@@ -45,7 +45,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
-    from tasks.diarize import DEFAULT_MODEL, DiarizeOptions, annotation_turns, diarize, load_diarize_model, waveform_input
+    from voxflow.tasks.diarize import DEFAULT_MODEL, DiarizeOptions, annotation_turns, diarize, load_diarize_model, waveform_input
 
     samples = speech(args.minutes[0])
     if args.worker == "ours":
@@ -105,7 +105,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("pyannote", tmp, args.size)

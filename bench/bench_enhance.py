@@ -6,13 +6,13 @@ Builds full-size random-weight models (NoVaSR at the official sizes, DNS48) into
 folder, makes speech of ``--seconds`` by looping the corpus recordings, and times, each in its own
 subprocess (so peak RSS is that run's own):
 
-* ``novasr``: :func:`tasks.upsample.upsample` on the 16 kHz speech (chunks of ``--chunk-s``,
+* ``novasr``: :func:`voxflow.tasks.upsample.upsample` on the 16 kHz speech (chunks of ``--chunk-s``,
   batches of ``--batch-size``);
 * ``novasr-whole``: one forward pass of the model over the whole file (what upstream's ``infer``
   does), for the cost of chunking; its memory grows with the file;
-* ``soxr``: :func:`tasks.audio.resample` 16 → 48 kHz (soxr VHQ), the plain resampling of the chain
+* ``soxr``: :func:`voxflow.tasks.helpers.audio.resample` 16 → 48 kHz (soxr VHQ), the plain resampling of the chain
   with upsampling off;
-* ``chain``: :func:`tasks.enhance.enhance` with both switches on, on the speech at 24 kHz (the
+* ``chain``: :func:`voxflow.tasks.enhance.enhance` with both switches on, on the speech at 24 kHz (the
   synthesis stage's rate): resample to 16 kHz, DNS48, NoVaSR;
 * ``chain-plain``: the same with upsampling off (DNS48, then soxr to 48 kHz).
 
@@ -43,9 +43,9 @@ def worker(args: argparse.Namespace) -> None:
     """One timed run in this process; prints a JSON line."""
     import torch
 
-    from tasks import audio
-    from tasks.enhance import EnhanceOptions, enhance, load_enhance_denoiser
-    from tasks.upsample import UpsampleOptions, load_upsample_model, upsample
+    from voxflow.tasks.helpers import audio
+    from voxflow.tasks.enhance import EnhanceOptions, enhance, load_enhance_denoiser
+    from voxflow.tasks.upsample import UpsampleOptions, load_upsample_model, upsample
 
     torch.set_num_threads(args.threads)
     line = speech(args.seconds / 60)
@@ -99,7 +99,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("novasr", tmp, "full")

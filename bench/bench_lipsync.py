@@ -80,8 +80,8 @@ class Reference:
 
 def corpus_speech() -> np.ndarray:
     """All corpus speech recordings, 16 kHz mono, one after the other."""
-    from tasks import audio
-    from tasks.lipsync import LipsyncOptions, prepare
+    from voxflow.tasks.helpers import audio
+    from voxflow.tasks.lipsync import LipsyncOptions, prepare
 
     parts = []
     for name in SPEECH_FILES:
@@ -92,7 +92,7 @@ def corpus_speech() -> np.ndarray:
 
 def chunk_timings(repeats: int) -> dict:
     """Median and p95 ms of one 640 ms chunk's log-mel, ours and the reference, interleaved."""
-    from tasks.lipsync import LipsyncOptions, log_mel
+    from voxflow.tasks.lipsync import LipsyncOptions, log_mel
 
     speech = corpus_speech()
     options = LipsyncOptions()
@@ -112,7 +112,7 @@ def chunk_timings(repeats: int) -> dict:
 def worker(side: str, path: str) -> None:
     """Compute one side's features of the audio in ``path`` and print seconds and peak RSS as JSON."""
     _one_thread()
-    from tasks.lipsync import LipsyncOptions, lipsync_windows, video_frame_count
+    from voxflow.tasks.lipsync import LipsyncOptions, lipsync_windows, video_frame_count
 
     options = LipsyncOptions()
     x = np.load(path)

@@ -6,7 +6,7 @@
 Builds a random-weight ``htdemucs`` (``full``: the released architecture, 42 M parameters, so the
 compute cost is the real one; the output is noise) into a temporary model folder, and audio of each
 length by looping the corpus recordings (44.1 kHz stereo). Each length is separated by OUR
-:func:`tasks.separate.separate` (segments batched on the device) and by UPSTREAM
+:func:`voxflow.tasks.separate.separate` (segments batched on the device) and by UPSTREAM
 ``demucs.api.Separator(shifts=0, overlap=0.25).separate_tensor`` (``apply_model``, one segment at a
 time), both producing vocals and accompaniment. Every run is its own subprocess with the same imports,
 so its peak RSS is its own (model, audio and outputs included); the time is the separation call alone.
@@ -41,7 +41,7 @@ MODEL = "htdemucs"
 
 def build_audio(minutes: float, path: Path) -> Path:
     """``minutes`` of the corpus recordings looped, 44.1 kHz stereo float32, saved as ``.npy``."""
-    from tasks import audio
+    from voxflow.tasks.helpers import audio
 
     parts = []
     for name in RECORDINGS:
@@ -58,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
     """One timed separation in this process; prints its seconds and peak memory as JSON."""
     import torch
 
-    from tasks.separate import SeparateOptions, load_separate_model, separate  # both runs import the same modules
+    from voxflow.tasks.separate import SeparateOptions, load_separate_model, separate  # both runs import the same modules
 
     torch.set_num_threads(args.threads)
     samples = np.load(args.audio)
@@ -120,7 +120,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from tasks.random_models import build
+    from voxflow.tasks.testing.random_models import build
 
     with tempfile.TemporaryDirectory(prefix="bench-separate-") as tmp:
         folder = Path(tmp)

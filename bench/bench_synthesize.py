@@ -7,11 +7,11 @@ Builds random-weight Qwen3-TTS folders (``tiny`` by default; ``full`` has the re
 takes several GB and minutes to build, so ``--model-dir`` can point at folders built before) and
 speaks ``--lines`` lines of varied length (about 20 to 180 characters) twice:
 
-* ``ours``: :func:`tasks.synthesize.synthesize`, pieces sorted by length, ``--batch-size`` lines per
+* ``ours``: :func:`voxflow.tasks.synthesize.synthesize`, pieces sorted by length, ``--batch-size`` lines per
   model call, quality retries off (the one-by-one path has none);
 * ``one-by-one``: the package's ``generate_voice_design`` / ``generate_custom_voice`` /
   ``generate_voice_clone`` for each line alone, seeded the same way, with the same
-  ``max_new_tokens`` rule (:func:`tasks.synthesize.max_new_tokens_for` of that line).
+  ``max_new_tokens`` rule (:func:`voxflow.tasks.synthesize.max_new_tokens_for` of that line).
 
 Prints wall seconds, lines per second, seconds of audio per second, and the throughput ratio
 (ours ÷ one-by-one, > 1 means batching is faster). Random models never emit their end token, so
@@ -71,8 +71,9 @@ def main() -> None:
 
     import torch
 
-    from tasks import audio, random_models
-    from tasks.synthesize import (
+    from voxflow.tasks.helpers import audio
+    from voxflow.tasks.testing import random_models
+    from voxflow.tasks.synthesize import (
         DEFAULT_MODELS,
         SynthesisItem,
         SynthesizeOptions,

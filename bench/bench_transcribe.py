@@ -8,7 +8,7 @@ Builds a random-weight ``turbo`` checkpoint (``tiny`` by default: on this 2-core
 16 kHz mono speech of each length by looping the corpus recordings (with their pauses), and runs,
 each in its own subprocess (so peak RSS is that run's own):
 
-* ``ours``: :func:`tasks.transcribe.transcribe_speech` (Silero VAD, chunks of at most 30 s, windows
+* ``ours``: :func:`voxflow.tasks.transcribe.transcribe_speech` (Silero VAD, chunks of at most 30 s, windows
   decoded ``--batch-size`` at a time, word alignment on the decode's encoder output);
 * ``upstream``: ``whisper.transcribe`` (openai-whisper's own entry point: sequential 30 s windows
   over the whole track, each window's encoder run again for the word alignment).
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
     import whisper
     from whisper.timing import dtw_cpu
 
-    from tasks.transcribe import TranscribeOptions, load_transcribe_model, load_vad_model, transcribe_speech
+    from voxflow.tasks.transcribe import TranscribeOptions, load_transcribe_model, load_vad_model, transcribe_speech
 
     dtw_cpu(np.ones((2, 2)))  # numba compiles whisper's DTW once per process (and resets torch's threads)
     torch.set_num_threads(args.threads)
@@ -114,7 +114,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from tasks.random_models import build
+    from voxflow.tasks.testing.random_models import build
 
     with tempfile.TemporaryDirectory() as model_dir:
         build("whisper", model_dir, args.size)

@@ -16,7 +16,7 @@ MB = 2**20
 
 def speech(minutes: float, files: tuple[str, ...] = SPEECH) -> np.ndarray:
     """``(1, samples)`` float32 at 16 kHz: the corpus recordings, downmixed, resampled and looped."""
-    from tasks import audio
+    from voxflow.tasks.helpers import audio
 
     parts = []
     for name in files:

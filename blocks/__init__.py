@@ -1,8 +1,8 @@
 """Prefect Block types: where the store lives and how models are found (secrets as SecretStr)."""
 
-from blocks.models import VoxflowModels
-from blocks.results import VoxflowResults
-from blocks.storage import VoxflowStorage
+from voxflow.blocks.models import VoxflowModels
+from voxflow.blocks.results import VoxflowResults
+from voxflow.blocks.storage import VoxflowStorage
 
 BLOCK_TYPES = (VoxflowStorage, VoxflowModels, VoxflowResults)
 

@@ -7,7 +7,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks.models import ModelSettings
+from voxflow.tasks.kit.models import ModelSettings
 
 
 class VoxflowModels(Block):

@@ -17,15 +17,15 @@ from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field
 
-from storage.errors import ObjectNotFound
-from storage.keys import parse_location, result_record_key
-from storage.settings import StoreSettings
-from storage.store import ArtifactStore, shared_store
+from voxflow.storage.errors import ObjectNotFound
+from voxflow.storage.keys import parse_location, result_record_key
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import ArtifactStore, shared_store
 
 
 @functools.lru_cache(maxsize=8)
 def _storage_block_settings(name: str) -> StoreSettings:
-    from blocks.storage import VoxflowStorage
+    from voxflow.blocks.storage import VoxflowStorage
 
     return VoxflowStorage.load(name).settings()
 

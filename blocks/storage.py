@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from storage.settings import StoreSettings
+from voxflow.storage.settings import StoreSettings
 
 
 class VoxflowStorage(Block):

@@ -14,10 +14,10 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import environment
-from flows.ingest import MAX_THREADS
-from flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
-from tasks.synthesize import SynthesisRequest
+from voxflow.flows.environment import environment
+from voxflow.flows.ingest import MAX_THREADS
+from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
+from voxflow.tasks.synthesize import SynthesisRequest
 
 
 @flow(name="clone_enhanced", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

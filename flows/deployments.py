@@ -13,13 +13,13 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron, Interval
 
-from flows.clone_enhanced import clone_enhanced
-from flows.ingest import ingest
-from flows.ingest_folder import SCHEDULE_CRON, ingest_folder
-from flows.lipsync_features import lipsync_features
-from flows.separate import separate
-from flows.synthesize import synthesize
-from flows.transcribe import transcribe
+from voxflow.flows.clone_enhanced import clone_enhanced
+from voxflow.flows.ingest import ingest
+from voxflow.flows.ingest_folder import SCHEDULE_CRON, ingest_folder
+from voxflow.flows.lipsync_features import lipsync_features
+from voxflow.flows.separate import separate
+from voxflow.flows.synthesize import synthesize
+from voxflow.flows.transcribe import transcribe
 
 DEFAULT_INBOX = "inbox"
 

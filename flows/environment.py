@@ -8,16 +8,16 @@ from typing import Any
 
 from prefect import Task
 
-from storage.settings import StoreSettings
-from tasks.models import ModelSettings
-from tasks.stage import with_results
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.kit.models import ModelSettings
+from voxflow.tasks.kit.stage import with_results
 
 
 def store_settings(storage_block: str | None) -> StoreSettings:
     """Settings from the named ``voxflow-storage`` Block, else from the environment."""
     if not storage_block:
         return StoreSettings.from_env()
-    from blocks.storage import VoxflowStorage
+    from voxflow.blocks.storage import VoxflowStorage
 
     return VoxflowStorage.load(storage_block).settings()
 
@@ -26,7 +26,7 @@ def model_settings(models_block: str | None) -> ModelSettings:
     """Model folder, device and HF token from the named ``voxflow-models`` Block, else the environment."""
     if not models_block:
         return ModelSettings.from_env()
-    from blocks.models import VoxflowModels
+    from voxflow.blocks.models import VoxflowModels
 
     return VoxflowModels.load(models_block).settings()
 
@@ -36,7 +36,7 @@ class Environment:
     """The store of a flow run, the saved result storage that puts cache records on it, and the models."""
 
     settings: StoreSettings
-    results: Any  # blocks.results.VoxflowResults, saved
+    results: Any  # voxflow.blocks.results.VoxflowResults, saved
     models: ModelSettings = ModelSettings()
 
     def stage(self, stage: Task) -> Task:
@@ -62,7 +62,7 @@ def environment(storage_block: str | None, models_block: str | None = None) -> E
     """Resolve the store and the models (Blocks or environment); save the result-storage Block (no secrets)."""
     from prefect.settings import get_current_settings
 
-    from blocks.results import VoxflowResults
+    from voxflow.blocks.results import VoxflowResults
 
     settings = store_settings(storage_block)
     results = VoxflowResults.for_store(settings, storage_block)

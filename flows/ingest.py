@@ -10,9 +10,9 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import Environment
-from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from tasks.ingest import CODE_VERSION, STAGE, IngestOptions, ingest_file
+from voxflow.flows.environment import Environment
+from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.tasks.ingest import CODE_VERSION, STAGE, IngestOptions, ingest_file
 
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
 MAX_THREADS = 32  # the task runner's bound; parallelism is set per run by ``parallel_files``

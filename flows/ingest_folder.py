@@ -15,17 +15,17 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows import lipsync_features, separate, transcribe  # noqa: F401  (each registers its per-file pipeline)
-from flows.environment import environment
-from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from flows.pipelines import PIPELINES, FileOutcome, FilePipeline, FilesFailed, RunReport, processed_rows, run_files
-from flows.reporting import Progress, publish_table
-from storage.catalog import Catalog
-from storage.sources import SourceEntry, list_sources
-from storage.store import shared_store
-from tasks.audio import SUPPORTED_FORMATS
+from voxflow.flows import lipsync_features, separate, transcribe  # noqa: F401  (each registers its per-file pipeline)
+from voxflow.flows.environment import environment
+from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from voxflow.flows.pipelines import PIPELINES, FileOutcome, FilePipeline, FilesFailed, RunReport, processed_rows, run_files
+from voxflow.flows.reporting import Progress, publish_table
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.sources import SourceEntry, list_sources
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 
-PipelineName = Literal["ingest", "transcribe", "separate", "lipsync_features"]  # registered in flows.pipelines
+PipelineName = Literal["ingest", "transcribe", "separate", "lipsync_features"]  # registered in voxflow.flows.pipelines
 SCHEDULE_CRON = "*/10 * * * *"  # the deployment's default: every 10 minutes
 
 

@@ -14,13 +14,13 @@ from typing import Any, Callable, Sequence
 from prefect.futures import PrefectFuture, as_completed
 from pydantic import TypeAdapter, ValidationError
 
-from flows.environment import Environment, environment
-from flows.reporting import Progress, publish_table
-from storage.sources import SourceEntry, expand_sources
-from tasks.audio import SUPPORTED_FORMATS
-from tasks.caching import params_hash
-from tasks.runs import failed_stage, failure_reason, is_transient
-from tasks.stage import artifact_refs
+from voxflow.flows.environment import Environment, environment
+from voxflow.flows.reporting import Progress, publish_table
+from voxflow.storage.sources import SourceEntry, expand_sources
+from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
+from voxflow.tasks.kit.caching import params_hash
+from voxflow.tasks.kit.runs import failed_stage, failure_reason, is_transient
+from voxflow.tasks.kit.stage import artifact_refs
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class FileOutcome:
     source_uri: str
     status: str
     result: Any = None
-    error: str | None = None  # why it failed, in one line (see tasks.runs.failure_reason)
+    error: str | None = None  # why it failed, in one line (see voxflow.tasks.kit.runs.failure_reason)
     transient: bool = False
     stages: tuple[str, ...] = ()  # the stages that computed (not cache hits)
     failed_stage: str | None = None  # the stage that failed (None: before any stage ran)

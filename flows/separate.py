@@ -10,12 +10,12 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import Environment
-from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from tasks import ingest, separate as separation
-from tasks.ingest import IngestOptions, ingest_file
-from tasks.separate import SeparateOptions, separate_audio
+from voxflow.flows.environment import Environment
+from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.tasks import ingest, separate as separation
+from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.separate import SeparateOptions, separate_audio
 
 
 @dataclass(frozen=True)

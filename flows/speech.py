@@ -19,14 +19,14 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from pydantic import Field
 
-from flows.environment import Environment
-from flows.reporting import publish_table
-from storage.catalog import Catalog
-from storage.store import shared_store
-from tasks.enhance import EnhanceOptions, enhance_audio
-from tasks.ingest import IngestOptions, ingest_file
-from tasks.reference import ReferenceOptions, prepare_reference_audio
-from tasks.synthesize import (
+from voxflow.flows.environment import Environment
+from voxflow.flows.reporting import publish_table
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.store import shared_store
+from voxflow.tasks.enhance import EnhanceOptions, enhance_audio
+from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.reference import ReferenceOptions, prepare_reference_audio
+from voxflow.tasks.synthesize import (
     ReferenceText,
     SynthesisItem,
     SynthesisRequest,
@@ -35,7 +35,7 @@ from tasks.synthesize import (
     clone_prompt,
     synthesize_lines,
 )
-from tasks.transcribe import TranscribeOptions, transcribe_audio
+from voxflow.tasks.transcribe import TranscribeOptions, transcribe_audio
 
 REFERENCE_INGEST = IngestOptions(sample_rate_hz=None)  # the reference at its own rate, mono
 

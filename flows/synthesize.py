@@ -2,7 +2,7 @@
 
 Items carry their own text, language and voice (a description for ``design``, a speaker and an
 optional instruction for ``custom``, a reference recording for ``clone``). Clone items are grouped by
-reference, so each reference goes through steps 1–4 of :mod:`flows.speech` once; then every group's
+reference, so each reference goes through steps 1–4 of :mod:`voxflow.flows.speech` once; then every group's
 lines are 5. synthesized in batches, 6. enhanced, and 7. recorded as ``syntheses`` rows.
 """
 
@@ -16,10 +16,10 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import environment
-from flows.ingest import MAX_THREADS
-from flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
-from tasks.synthesize import Mode, SynthesisItem, SynthesisRequest
+from voxflow.flows.environment import environment
+from voxflow.flows.ingest import MAX_THREADS
+from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
+from voxflow.tasks.synthesize import Mode, SynthesisItem, SynthesisRequest
 
 
 @dataclass(frozen=True)

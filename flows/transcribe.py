@@ -10,15 +10,15 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.environment import Environment
-from flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from tasks import denoise, diarize, ingest, separate, transcribe as transcription
-from tasks.denoise import DenoiseOptions, denoise_audio
-from tasks.diarize import DiarizeOptions, diarize_audio
-from tasks.ingest import IngestOptions, ingest_file
-from tasks.separate import SeparateOptions, separate_audio
-from tasks.transcribe import TranscribeOptions, transcribe_audio
+from voxflow.flows.environment import Environment
+from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
+from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.tasks import denoise, diarize, ingest, separate, transcribe as transcription
+from voxflow.tasks.denoise import DenoiseOptions, denoise_audio
+from voxflow.tasks.diarize import DiarizeOptions, diarize_audio
+from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.separate import SeparateOptions, separate_audio
+from voxflow.tasks.transcribe import TranscribeOptions, transcribe_audio
 
 @dataclass(frozen=True)
 class TranscribeFlowOptions:

@@ -19,8 +19,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from storage.keys import catalog_prefix, new_part_key
-from storage.store import ArtifactStore
+from voxflow.storage.keys import catalog_prefix, new_part_key
+from voxflow.storage.store import ArtifactStore
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

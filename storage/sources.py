@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from storage.errors import ObjectNotFound
-from storage.keys import file_uri, parse_location
-from storage.settings import StoreSettings
-from storage.store import S3Store, sha256_file
+from voxflow.storage.errors import ObjectNotFound
+from voxflow.storage.keys import file_uri, parse_location
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import S3Store, sha256_file
 
 
 @dataclass(frozen=True)

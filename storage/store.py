@@ -7,7 +7,7 @@ Both backends share one contract:
   keys are content-addressed, so a second write of the same key carries the same content).
 * every write records the sha256 of the bytes; ``get_bytes(key, sha256=...)`` verifies it on read
   (S3 objects also carry it in their metadata, checked on every read).
-* errors name the object's URI and the cause (:mod:`storage.errors`).
+* errors name the object's URI and the cause (:mod:`voxflow.storage.errors`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from storage.errors import ChecksumMismatch, ObjectNotFound, StorageError, TransientStorageError
-from storage.keys import Location, check_key, parse_location
-from storage.settings import StoreSettings
+from voxflow.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError, TransientStorageError
+from voxflow.storage.keys import Location, check_key, parse_location
+from voxflow.storage.settings import StoreSettings
 
 CHUNK_BYTES = 1 << 20
 TMP_PREFIX = ".tmp-"

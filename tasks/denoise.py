@@ -22,7 +22,7 @@ longer ``overlap_s`` absorbs):
 
 Memory: the track, its 16 kHz copy and the output stay on the CPU (numpy); only a batch of
 ``batch_size`` chunks at a time goes to the model's device, and a CUDA out-of-memory error halves
-the batch (:func:`tasks.runs.halving_batch_on_oom`).
+the batch (:func:`voxflow.tasks.kit.runs.halving_batch_on_oom`).
 
 Writes ``artifacts/<sha[:2]>/<sha>/denoise/<params>/denoised.wav``.
 """
@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks import audio
-from tasks.models import (
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.models import (
     holding,
     MODEL_DIR_ENV,
     RESIDENT,
@@ -51,9 +51,9 @@ from tasks.models import (
     ModelSource,
     register_model_source,
 )
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.runs import halving_batch_on_oom
-from tasks.stage import StageSpec, stage_task
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
+from voxflow.tasks.kit.runs import halving_batch_on_oom
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
     from denoiser.demucs import Demucs
@@ -148,7 +148,7 @@ def _read_package(path: Path) -> Demucs:
 def _download(name: str, folder: Path | None = None) -> Demucs:
     """A pretrained denoiser through the library's own download (``torch.hub``, from dl.fbaipublicfiles.com).
 
-    Not Hugging Face, so :func:`tasks.models.hub_errors` does not apply (it would call an HTTP 403 a
+    Not Hugging Face, so :func:`voxflow.tasks.kit.models.hub_errors` does not apply (it would call an HTTP 403 a
     gated model): a failed download is a :class:`ModelNotFound` saying what to do.
     """
     from denoiser import pretrained

@@ -9,7 +9,7 @@ Memory: the whole 16 kHz mono track stays a CPU tensor. pyannote's ``Inference``
 windows and moves one batch of ``segmentation_batch_size`` windows at a time to the device; the
 embedding step crops one window per (window, speaker) pair on the CPU and moves batches of
 ``embedding_batch_size`` to the device. Every model output comes back to the CPU as numpy. CUDA
-out-of-memory halves both batch sizes and runs again (:func:`tasks.runs.halving_batch_on_oom`).
+out-of-memory halves both batch sizes and runs again (:func:`voxflow.tasks.kit.runs.halving_batch_on_oom`).
 
 Turns are the pipeline's own, clipped to the end of the track. Writes ``diarization.rttm`` and
 ``exclusive.rttm`` (RTTM, times in ms) under ``artifacts/<sha[:2]>/<sha>/diarize/<params>/``
@@ -30,12 +30,12 @@ from typing import Annotated, Any, Callable, Mapping
 import numpy as np
 from pydantic import Field
 
-from storage.catalog import Catalog
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.store import shared_store
-from tasks import audio as audio_ops
-from tasks.models import (
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers import audio as audio_ops
+from voxflow.tasks.kit.models import (
     holding,
     RESIDENT,
     ModelNotFound,
@@ -44,10 +44,10 @@ from tasks.models import (
     hub_errors,
     register_model_source,
 )
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_artifact
-from tasks.runs import current_run, halving_batch_on_oom, is_out_of_memory
-from tasks.speakers import Turn, to_rttm
-from tasks.stage import StageSpec, stage_task
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
+from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom, is_out_of_memory
+from voxflow.tasks.helpers.speakers import Turn, to_rttm
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "diarize"
 CODE_VERSION = "1"

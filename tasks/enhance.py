@@ -15,8 +15,8 @@ resampling to 16 kHz before them runs on the device too, with ``torchaudio``), a
 CPU once; the plain ``resample`` step then runs on the CPU with soxr (VHQ), as everywhere else.
 
 A line up to ``denoiser.chunk_s`` long goes through the denoiser in one forward pass with the model's
-own normalization, which is what :func:`tasks.denoise.denoise` computes for it (one chunk); a longer
-one takes :func:`tasks.denoise.denoise`'s chunked path (through the CPU, in bounded memory).
+own normalization, which is what :func:`voxflow.tasks.denoise.denoise` computes for it (one chunk); a longer
+one takes :func:`voxflow.tasks.denoise.denoise`'s chunked path (through the CPU, in bounded memory).
 
 Writes ``artifacts/<sha[:2]>/<sha>/enhance/<params>/enhanced.wav`` at ``output_rate_hz``.
 """
@@ -30,20 +30,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks import audio
-from tasks.denoise import DenoiseOptions, denoise, load_denoise_model
-from tasks.models import ModelSettings, holding
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.stage import StageSpec, stage_task
-from tasks.upsample import INPUT_RATE_HZ, OUTPUT_RATE_HZ, UpsampleOptions, load_upsample_model, upsample
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.kit.models import ModelSettings, holding
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
+from voxflow.tasks.kit.stage import StageSpec, stage_task
+from voxflow.tasks.upsample import INPUT_RATE_HZ, OUTPUT_RATE_HZ, UpsampleOptions, load_upsample_model, upsample
 
 if TYPE_CHECKING:
     import torch
     from denoiser.demucs import Demucs
 
-    from tasks.upsample import NovaSR
+    from voxflow.tasks.upsample import NovaSR
 
 STAGE = "enhance"
 CODE_VERSION = "1"

@@ -1,7 +1,7 @@
 """Ingest: decode any audio file, measure it, and store it as a 16 kHz mono float WAV.
 
 Writes the artifact ``artifacts/<sha[:2]>/<sha>/ingest/<params>/audio.wav``, then the ``artifacts``
-and ``files`` rows. Caching, retries and the ``stage_runs`` rows come from :mod:`tasks.stage`: a
+and ``files`` rows. Caching, retries and the ``stage_runs`` rows come from :mod:`voxflow.tasks.kit.stage`: a
 later run on the same bytes with the same options is a cache hit that decodes nothing (and records
 the source path when the bytes arrive under a new one).
 """
@@ -14,15 +14,15 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 from pydantic import Field
 
-from storage.catalog import Catalog
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.sources import FetchedSource, fetch_source
-from storage.store import shared_store
-from tasks import audio
-from tasks.outputs import write_audio
-from tasks.runs import StageRun, current_run
-from tasks.stage import StageSpec, stage_task
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.sources import FetchedSource, fetch_source
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.outputs import write_audio
+from voxflow.tasks.kit.runs import StageRun, current_run
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "ingest"
 CODE_VERSION = "2"

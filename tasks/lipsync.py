@@ -31,11 +31,11 @@ from typing import Annotated, Any, Callable, Literal, get_args
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks.audio import downmix, resample
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_artifact
-from tasks.stage import StageSpec, stage_task
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers.audio import downmix, resample
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "lipsync"
 CODE_VERSION = "1"

@@ -8,7 +8,7 @@ flow ingests the reference at its own rate, then this stage either
   and hands the ingested artifact itself on, unchanged (no model is loaded, nothing is written); or
 * **cleans** (``process=True``), in this order: check clipping and silence on the raw input →
   downmix → resample to ``sample_rate_hz`` (16 kHz, the rate the denoiser and the seed pipeline use;
-  Qwen3-TTS resamples to 24 kHz itself) → denoise (:func:`tasks.denoise.denoise`) → trim leading and
+  Qwen3-TTS resamples to 24 kHz itself) → denoise (:func:`voxflow.tasks.denoise.denoise`) → trim leading and
   trailing silence, keeping ``trim_pad_s`` around the speech → cut a reference longer than ``max_s``
   at its quietest pause → check that at least ``min_speech_s`` of speech is left → normalise the
   loudness to ``loudness_lufs`` without letting the sample peak exceed -1 dBFS → 10 ms fades at both
@@ -21,7 +21,7 @@ Silence is measured on frames of ``FRAME_S`` (20 ms): a frame is speech when its
 
 A reference that cannot make a good voice raises :class:`ReferenceError`, a ``ValueError`` with a
 one-line message naming the file and the reason (too short, silent, clipped); a bad input is never
-retried (:func:`tasks.runs.is_transient`).
+retried (:func:`voxflow.tasks.kit.runs.is_transient`).
 
 Writes ``artifacts/<sha[:2]>/<sha>/reference/<params>/reference.wav`` (mono float WAV at
 ``sample_rate_hz``) when it cleans.
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks import audio as audio_io
-from tasks.denoise import DenoiseOptions, denoise, load_denoise_model
-from tasks.models import ModelSettings
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.stage import StageSpec, stage_task
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers import audio as audio_io
+from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.kit.models import ModelSettings
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
     from denoiser.demucs import Demucs
@@ -278,7 +278,7 @@ def _fade(samples: np.ndarray, rate_hz: int) -> np.ndarray:
 def normalize_loudness(samples: np.ndarray, rate_hz: int, loudness_lufs: float) -> np.ndarray:
     """``samples`` with the gain that reaches ``loudness_lufs``, lowered so the peak stays at or below -1 dBFS.
 
-    Audio too short or quiet to measure (:func:`tasks.audio.integrated_loudness` is None) is returned as it is.
+    Audio too short or quiet to measure (:func:`voxflow.tasks.helpers.audio.integrated_loudness` is None) is returned as it is.
     """
     loudness = audio_io.integrated_loudness(samples, rate_hz)
     if loudness is None:
@@ -292,7 +292,7 @@ def prepare_reference(samples: np.ndarray, rate_hz: int, options: ReferenceOptio
     """The cleaned reference, ``(1, m)`` float32 at ``options.sample_rate_hz``, and its report.
 
     ``samples`` is ``(channels, n)`` at ``rate_hz`` and stays on the CPU; ``denoiser`` (a Demucs, see
-    :func:`tasks.denoise.load_denoise_model`) sees it in chunks on its own device. With
+    :func:`voxflow.tasks.denoise.load_denoise_model`) sees it in chunks on its own device. With
     ``options.process`` off, ``denoiser`` may be None and the input comes back unchanged with
     :func:`check_reference`'s report. Raises :class:`ReferenceError` naming ``name``.
     """

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks.audio import resample, to_dbfs
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
-from tasks.outputs import audio_input, read_audio, source_sha256_of, write_audio
-from tasks.runs import halving_batch_on_oom
-from tasks.stage import StageSpec, stage_task
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers.audio import resample, to_dbfs
+from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
+from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
+from voxflow.tasks.kit.runs import halving_batch_on_oom
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
     import torch

@@ -21,16 +21,16 @@ How :func:`synthesize` runs a list of lines:
    it and ``max_new_tokens`` from the bucket's longest text (:func:`max_new_tokens_for`). Sorting
    keeps a bucket's texts alike in length, so little is spent on padding and on rows that finished
    early; longest first means a CUDA out-of-memory error comes on the first call, which is then
-   retried with half the batch (:func:`tasks.runs.halving_batch_on_oom`), as are the later buckets;
+   retried with half the batch (:func:`voxflow.tasks.kit.runs.halving_batch_on_oom`), as are the later buckets;
 3. **join**: the pieces of a line are joined in order with raised-cosine crossfades of ``crossfade_s``;
-4. **check**: every piece is checked by :func:`tasks.quality.check_speech` (empty, silent, clipped,
+4. **check**: every piece is checked by :func:`voxflow.tasks.helpers.quality.check_speech` (empty, silent, clipped,
    truncated: among others the model ran to ``max_new_tokens`` without its end token). Lines with
    an issue are generated again, batched together, with the seed ``seed + 1000 * attempt``, up to
    ``quality_retries`` times; a line still failing is returned with its ``issues`` (flagged, never
    dropped).
 
 The model returns CPU numpy arrays; the reference prompt's tensors live on the CPU and the model
-moves them to its device itself. Models load through :data:`tasks.models.RESIDENT`: on CUDA only one
+moves them to its device itself. Models load through :data:`voxflow.tasks.kit.models.RESIDENT`: on CUDA only one
 Qwen3-TTS model stays resident (loading another releases it), in bfloat16; on the CPU in float32.
 
 Writes ``voice_prompt.safetensors`` (stage ``voice_prompt``) and ``line-000.wav``, ... (stage
@@ -58,13 +58,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Literal, S
 import numpy as np
 from pydantic import Field
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from tasks import quality
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source, seeded
-from tasks.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
-from tasks.runs import halving_batch_on_oom
-from tasks.stage import StageSpec, stage_task
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.helpers import quality
+from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source, seeded
+from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
+from voxflow.tasks.kit.runs import halving_batch_on_oom
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 if TYPE_CHECKING:
     from qwen_tts import Qwen3TTSModel, VoiceClonePromptItem
@@ -577,7 +577,7 @@ class _Generated:
 
 def _call_model(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items: Sequence[SynthesisItem],
                 prompt: VoiceClonePromptItem | None, options: SynthesizeOptions, seed: int) -> list[_Generated]:  # fmt: skip
-    """One call of the model's list API for ``pieces``, seeded right before it (:func:`~tasks.models.seeded`)."""
+    """One call of the model's list API for ``pieces``, seeded right before it (:func:`~voxflow.tasks.kit.models.seeded`)."""
     texts = [p.text for p in pieces]
     lines = [items[p.line] for p in pieces]
     max_new_tokens = max_new_tokens_for(texts, options)
@@ -690,7 +690,7 @@ def reference_words(transcript: Any, settings: StoreSettings, name: str) -> str:
     """The words of a reference: a :class:`ReferenceText`, or the stored transcript of a transcribe stage result."""
     if isinstance(transcript, ReferenceText):
         return transcript.text
-    said = transcript.transcript(settings)  # tasks.transcribe.TranscribeResult
+    said = transcript.transcript(settings)  # voxflow.tasks.transcribe.TranscribeResult
     words = " ".join(segment.text.strip() for segment in said.segments if segment.text.strip())
     if not words:
         raise ValueError(f"voice reference {name!r}: no speech was transcribed from it; give its transcript "

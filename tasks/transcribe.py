@@ -36,18 +36,18 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Sequence, get_ar
 import numpy as np
 from pydantic import Field
 
-from storage.catalog import Catalog
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.store import shared_store
-from tasks import audio as audio_io
-from tasks import subtitles
-from tasks.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
-from tasks.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact
-from tasks.runs import current_run, halving_batch_on_oom
-from tasks.speakers import Turn, parse_rttm
-from tasks.stage import StageSpec, stage_task
-from tasks.subtitles import Segment, Transcript, Word
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers import audio as audio_io
+from voxflow.tasks.helpers import subtitles
+from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
+from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact
+from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom
+from voxflow.tasks.helpers.speakers import Turn, parse_rttm
+from voxflow.tasks.kit.stage import StageSpec, stage_task
+from voxflow.tasks.helpers.subtitles import Segment, Transcript, Word
 
 STAGE = "transcribe"
 CODE_VERSION = "1"
@@ -604,7 +604,7 @@ def transcribe_speech(model: Any, vad: Any, samples: np.ndarray, options: Transc
                       batch_size: int | None = None, hook: Hook | None = None) -> Transcript:  # fmt: skip
     """Voice activity, chunks and batched decoding of 16 kHz mono ``samples`` (steps 1 to 3).
 
-    Holds ``model`` and ``vad`` (:func:`~tasks.models.holding`): whisper hooks its kv-cache onto the
+    Holds ``model`` and ``vad`` (:func:`~voxflow.tasks.kit.models.holding`): whisper hooks its kv-cache onto the
     shared decoder for every decode.
     """
     with holding(model, vad):

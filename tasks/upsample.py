@@ -38,7 +38,7 @@ much real context on both sides, and only the chunk's own span of the output is 
 
 Memory: the input stays where it is (a numpy array on the CPU, or a tensor on its device); a batch
 of ``batch_size`` chunks at a time goes to the model's device, and a CUDA out-of-memory error halves
-the batch (:func:`tasks.runs.halving_batch_on_oom`).
+the batch (:func:`voxflow.tasks.kit.runs.halving_batch_on_oom`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
 import numpy as np
 from pydantic import Field
 
-from tasks.models import (
+from voxflow.tasks.kit.models import (
     MODEL_DIR_ENV,
     RESIDENT,
     ModelNotFound,
@@ -64,7 +64,7 @@ from tasks.models import (
     hub_errors,
     register_model_source,
 )
-from tasks.runs import halving_batch_on_oom
+from voxflow.tasks.kit.runs import halving_batch_on_oom
 
 if TYPE_CHECKING:
     import torch

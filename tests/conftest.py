@@ -17,8 +17,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from storage.settings import StoreSettings  # noqa: E402
-from storage.store import LocalStore, open_store  # noqa: E402
+from voxflow.storage.settings import StoreSettings  # noqa: E402
+from voxflow.storage.store import LocalStore, open_store  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
@@ -86,7 +86,7 @@ def voxflow_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def use_store(monkeypatch):
     """Point flows' environment at a store, as a user would with VOXFLOW_STORAGE and AWS_*."""
-    from storage.catalog import Catalog
+    from voxflow.storage.catalog import Catalog
 
     def use(settings: StoreSettings) -> Catalog:
         monkeypatch.setenv("VOXFLOW_STORAGE", settings.location)
@@ -216,7 +216,7 @@ class TinyModels:
 
     def build(self, *libraries: str):
         """The model folder, with the tiny models of ``libraries`` written into it."""
-        from tasks import random_models
+        from voxflow.tasks.testing import random_models
 
         with self._lock:
             for library in libraries:
@@ -227,7 +227,7 @@ class TinyModels:
 
     def settings(self, *libraries: str):
         """``ModelSettings`` on the CPU pointing at the folder, with ``libraries`` built."""
-        from tasks.models import ModelSettings
+        from voxflow.tasks.kit.models import ModelSettings
 
         return ModelSettings(model_dir=str(self.build(*libraries)), device="cpu")
 

@@ -1,7 +1,7 @@
 """A three-stage chain built with the real stage mechanism, for testing it: ingest → gain → levels.
 
 ``gain`` is marked as a GPU stage (it holds a ``gpu`` slot when slots are configured) and processes
-its audio in batches through :func:`tasks.runs.halving_batch_on_oom`; ``FAULTS`` injects failures.
+its audio in batches through :func:`voxflow.tasks.kit.runs.halving_batch_on_oom`; ``FAULTS`` injects failures.
 Each stage counts its computations in ``CALLS`` (cache hits never run the function).
 """
 
@@ -18,17 +18,17 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.environment import Environment, environment
-from flows.pipelines import FilePipeline, FilesFailed, RunReport, register, run_files
-from flows.reporting import Progress
-from storage.keys import artifact_key
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.store import shared_store
-from tasks import audio
-from tasks.ingest import IngestOptions, IngestResult, ingest_file
-from tasks.runs import current_run, halving_batch_on_oom
-from tasks.stage import StageSpec, stage_task
+from voxflow.flows.environment import Environment, environment
+from voxflow.flows.pipelines import FilePipeline, FilesFailed, RunReport, register, run_files
+from voxflow.flows.reporting import Progress
+from voxflow.storage.keys import artifact_key
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.ingest import IngestOptions, IngestResult, ingest_file
+from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom
+from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 CALLS: Counter[str] = Counter()
 FAULTS: Counter[str] = Counter()  # "oom": raise OOM on that many compute calls; "oom_any_batch": even at 1
@@ -136,7 +136,7 @@ CHAIN = register(FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainO
 def chain(paths: list[str], options: ChainOptions = ChainOptions(), parallel_files: int = 2) -> RunReport:
     """ingest → gain → levels on each file."""
     env = environment(None)
-    from storage.sources import expand_sources
+    from voxflow.storage.sources import expand_sources
 
     sources = expand_sources(paths, env.settings, audio.SUPPORTED_FORMATS)
     report = RunReport(run_files(CHAIN, sources, options, env, parallel_files, Progress("test-chain", len(sources))))

@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.ingest_folder import ingest_folder
-from flows.lipsync_features import lipsync_features
-from flows.separate import separate
-from flows.transcribe import TranscribeFlowOptions, transcribe
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks.diarize import DiarizeOptions
-from tasks.outputs import read_audio
-from tasks.speakers import parse_rttm
+from voxflow.flows.ingest_folder import ingest_folder
+from voxflow.flows.lipsync_features import lipsync_features
+from voxflow.flows.separate import separate
+from voxflow.flows.transcribe import TranscribeFlowOptions, transcribe
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.diarize import DiarizeOptions
+from voxflow.tasks.kit.outputs import read_audio
+from voxflow.tasks.helpers.speakers import parse_rttm
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -7,8 +7,8 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from tasks import audio
-from tasks.ingest import IngestOptions, measure, preprocess
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.ingest import IngestOptions, measure, preprocess
 from tests.synth import tone_and_noise, write_audio
 
 

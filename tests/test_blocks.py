@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from pydantic import SecretStr
 
-from blocks import VoxflowModels, VoxflowStorage, register_block_types
-from flows.ingest import ingest
-from storage.catalog import Catalog
-from storage.store import open_store
+from voxflow.blocks import VoxflowModels, VoxflowStorage, register_block_types
+from voxflow.flows.ingest import ingest
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.store import open_store
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -65,7 +65,7 @@ def test_flow_uses_the_named_storage_block(s3_settings, monkeypatch):
     again = ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], storage_block="flow-s3")
     assert again.count("cached") == 1  # the cache records on S3 are read with the Block's credentials
     assert open_store(s3_settings).list("results/")
-    from blocks.results import VoxflowResults
+    from voxflow.blocks.results import VoxflowResults
 
     results = [b for b in _saved_documents() if b["block_type_slug"] == VoxflowResults.get_block_type_slug()]
     assert any(r["data"]["storage_block"] == "flow-s3" for r in results)  # other tests saved theirs too

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.catalog import TABLES, Catalog, deduplicate
+from voxflow.storage.catalog import TABLES, Catalog, deduplicate
 
 
 def _file_row(sha: str, uri: str, duration: float) -> dict:

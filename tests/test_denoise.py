@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.denoise import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.denoise import (
     DEFAULT_MODEL,
     LIBRARY,
     DenoiseOptions,
@@ -29,7 +29,7 @@ from tasks.denoise import (
     lookahead_samples,
     plan_chunks,
 )
-from tasks.models import MODEL_SOURCES, ModelNotFound
+from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
 from tests.conftest import CORPUS
 
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"  # 3.1 s, 16 kHz mono
@@ -221,7 +221,7 @@ def test_the_loader_reads_the_tiny_model_from_the_model_folder(tiny_models):
 def test_the_builder_is_deterministic_and_full_has_dns48s_arguments(tmp_path):
     from denoiser import pretrained
 
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     first = random_models.build(LIBRARY, tmp_path / "a", "tiny", seed=3)[0]
     second = random_models.build(LIBRARY, tmp_path / "b", "tiny", seed=3)[0]
@@ -229,7 +229,7 @@ def test_the_builder_is_deterministic_and_full_has_dns48s_arguments(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     full = pretrained.dns48(pretrained=False)  # the real architecture, no download
     assert full._init_args_kwargs == ((), {"hidden": 48, "sample_rate": 16_000})
-    from tasks.random_models.denoiser import SIZES
+    from voxflow.tasks.testing.random_models.denoiser import SIZES
 
     assert {**SIZES["full"], "sample_rate": 16_000} == full._init_args_kwargs[1]
 
@@ -247,7 +247,7 @@ def test_pull_saves_the_downloaded_model_where_the_loader_reads_it(tmp_path, mon
     from denoiser import pretrained
     from denoiser.demucs import Demucs
 
-    from tasks.models import ModelSettings
+    from voxflow.tasks.kit.models import ModelSettings
 
     downloaded = []
 
@@ -273,9 +273,9 @@ def test_pull_saves_the_downloaded_model_where_the_loader_reads_it(tmp_path, mon
 def test_the_task_in_a_flow_writes_the_denoised_audio(tmp_path, use_store, tiny_models):
     from prefect import flow
 
-    from flows.environment import environment
-    from tasks.denoise import denoise_audio
-    from tasks.ingest import IngestOptions, ingest_file
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.denoise import denoise_audio
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
 
     models = tiny_models.settings(LIBRARY)
     options = DenoiseOptions(chunk_s=3.0, overlap_s=0.5, crossfade_s=0.1)

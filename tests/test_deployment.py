@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.catalog import Catalog
-from storage.store import LocalStore
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.store import LocalStore
 from tests import servers
 from tests.conftest import CORPUS
 from tests.servers import BIN, stop, wait_for

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.diarize import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.diarize import (
     DEFAULT_MODEL,
     EXCLUSIVE_RTTM_NAME,
     LIBRARY,
@@ -27,8 +27,8 @@ from tasks.diarize import (
     local_folder_name,
     waveform_input,
 )
-from tasks.models import MODEL_SOURCES, GatedModelError, ModelNotFound, ModelSettings
-from tasks.speakers import parse_rttm, to_rttm
+from voxflow.tasks.kit.models import MODEL_SOURCES, GatedModelError, ModelNotFound, ModelSettings
+from voxflow.tasks.helpers.speakers import parse_rttm, to_rttm
 from tests.conftest import CORPUS
 
 SAMPLE = CORPUS / "diar_2spk_pyannote" / "sample.wav"  # 30 s, 16 kHz mono, two speakers
@@ -216,8 +216,8 @@ def test_out_of_memory_halves_both_batches_until_they_fit(fast_pipeline, sample)
 def test_diarize_task_in_a_flow_writes_rttms_and_segment_rows(tmp_path, use_store, tiny_models):
     from prefect import flow
 
-    from flows.environment import environment
-    from tasks.ingest import IngestOptions, ingest_file
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
 
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     models = tiny_models.settings(LIBRARY)

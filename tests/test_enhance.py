@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks import enhance as enhance_module
-from tasks.denoise import DenoiseOptions, denoise
-from tasks.enhance import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks import enhance as enhance_module
+from voxflow.tasks.denoise import DenoiseOptions, denoise
+from voxflow.tasks.enhance import (
     EnhanceOptions,
     EnhanceResult,
     denoise_step,
@@ -32,8 +32,8 @@ from tasks.enhance import (
     plan_steps,
     resample_tensor,
 )
-from tasks.models import MODEL_SOURCES, ModelNotFound
-from tasks.upsample import (
+from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+from voxflow.tasks.upsample import (
     HUB_FILE,
     LIBRARY,
     UpsampleOptions,
@@ -68,7 +68,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def full_model(tmp_path_factory):
     """A full-size random NoVaSR read back from the builder's checkpoint (the official sizes)."""
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     (path,) = random_models.build(LIBRARY, tmp_path_factory.mktemp("novasr-full"), "full", seed=5)
     return read_checkpoint(path)
@@ -192,7 +192,7 @@ def test_upsample_keeps_the_type_and_the_device_and_triples_the_length(full_mode
 
 
 def test_the_builder_is_deterministic_and_writes_the_official_format(tmp_path):
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     (first,) = random_models.build(LIBRARY, tmp_path / "a", "tiny", seed=3)
     (second,) = random_models.build(LIBRARY, tmp_path / "b", "tiny", seed=3)
@@ -263,7 +263,7 @@ def test_unreadable_or_missing_models_fail_with_a_clear_error(tmp_path):
 def test_pull_copies_the_hub_file_where_the_loader_reads_it(tmp_path, tiny_models, monkeypatch):
     import huggingface_hub
 
-    from tasks.models import ModelSettings
+    from voxflow.tasks.kit.models import ModelSettings
 
     cached = tiny_models.build(LIBRARY) / LIBRARY / HUB_FILE
     asked = []
@@ -416,9 +416,9 @@ def test_the_chain_on_a_gpu_gives_what_the_cpu_gives(tiny_models):
 def test_the_task_in_a_flow_writes_48khz_speech_and_is_cached(tmp_path, use_store, tiny_models):
     from prefect import flow
 
-    from flows.environment import environment
-    from tasks.enhance import enhance_audio
-    from tasks.ingest import IngestOptions, ingest_file
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.enhance import enhance_audio
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
 
     models = tiny_models.settings("denoiser", LIBRARY)
     options = EnhanceOptions()

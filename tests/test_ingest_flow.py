@@ -8,13 +8,13 @@ import boto3
 import numpy as np
 import pytest
 
-from flows.ingest import ingest
-from flows.pipelines import FilesFailed
-from storage.keys import parse_location
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.ingest import IngestOptions
+from voxflow.flows.ingest import ingest
+from voxflow.flows.pipelines import FilesFailed
+from voxflow.storage.keys import parse_location
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.ingest import IngestOptions
 from tests.conftest import CORPUS
 from tests.synth import tone_and_noise, write_audio
 
@@ -232,7 +232,7 @@ def test_working_audio_matches_direct_compute(tmp_path, use_store):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     source = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"
     ingest(paths=[str(source)])
-    from tasks.ingest import preprocess
+    from voxflow.tasks.ingest import preprocess
 
     decoded = audio.decode_file(source)
     expected = preprocess(decoded.samples, decoded.sample_rate_hz, IngestOptions())

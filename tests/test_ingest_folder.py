@@ -9,10 +9,10 @@ import shutil
 import boto3
 import pytest
 
-from flows.ingest_folder import ingest_folder
-from flows.pipelines import FilesFailed
-from storage.keys import parse_location
-from storage.settings import StoreSettings
+from voxflow.flows.ingest_folder import ingest_folder
+from voxflow.flows.pipelines import FilesFailed
+from voxflow.storage.keys import parse_location
+from voxflow.storage.settings import StoreSettings
 from tests.conftest import CORPUS
 from tests.synth import tone_and_noise, write_audio
 
@@ -129,8 +129,8 @@ def test_dask_cluster_gives_the_same_results_as_the_default_runner(s3_settings, 
     assert dask.count("done") == default.count("done") == CORPUS_FILES
     summaries = {o.source_uri: (o.status, o.result.summary(), o.result.artifact.sha256) for o in default.outcomes}
     assert {o.source_uri: (o.status, o.result.summary(), o.result.artifact.sha256) for o in dask.outcomes} == summaries
-    from storage.catalog import Catalog
-    from storage.store import open_store
+    from voxflow.storage.catalog import Catalog
+    from voxflow.storage.store import open_store
 
     columns = ["sha256", "source_uri", "duration_s", "integrated_lufs", "peak"]
     by_runner = [Catalog(open_store(s)).frame("files")[columns].sort_values("sha256").reset_index(drop=True)

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.lipsync import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.lipsync import (
     LipsyncOptions,
     LipsyncResult,
     lipsync_windows,
@@ -234,9 +234,9 @@ def test_empty_or_multichannel_input_is_refused():
 def test_the_task_in_a_flow_writes_features_and_index(tmp_path, use_store):
     from prefect import flow
 
-    from flows.environment import environment
-    from tasks.ingest import IngestOptions, ingest_file
-    from tasks.lipsync import lipsync_features
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+    from voxflow.tasks.lipsync import lipsync_features
 
     @flow(name="test-lipsync-features")
     def features_flow(path: str) -> LipsyncResult:

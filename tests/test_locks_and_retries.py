@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from storage.errors import StorageError, TransientStorageError
-from tasks.locks import FileLockManager
-from tasks.runs import halving_batch_on_oom, is_transient
+from voxflow.storage.errors import StorageError, TransientStorageError
+from voxflow.tasks.kit.locks import FileLockManager
+from voxflow.tasks.kit.runs import halving_batch_on_oom, is_transient
 
 
 def test_lock_excludes_other_holders_until_released(tmp_path):
@@ -37,7 +37,7 @@ def test_lock_excludes_other_holders_until_released(tmp_path):
 
 def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tasks.locks import FileLockManager; "
+        [sys.executable, "-c", "import sys, time; from voxflow.tasks.kit.locks import FileLockManager; "
          f"FileLockManager({str(tmp_path)!r}).acquire_lock('k', 'dead'); print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from tasks.models import GatedModelError, ModelNotFound, ModelSettings, ResidentModels, hub_errors
+from voxflow.tasks.kit.models import GatedModelError, ModelNotFound, ModelSettings, ResidentModels, hub_errors
 
 
 def test_settings_come_from_the_environment_and_the_token_never_prints(monkeypatch, tmp_path):
@@ -33,7 +33,7 @@ def test_local_paths_resolve_only_when_present(tmp_path):
 
 
 def test_models_block_settings_fall_back_to_the_environment(monkeypatch):
-    from blocks.models import VoxflowModels
+    from voxflow.blocks.models import VoxflowModels
 
     monkeypatch.setenv("VOXFLOW_MODEL_DIR", "/env/models")
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
@@ -87,7 +87,7 @@ def test_hub_failures_become_one_line_instructions():
 
 
 def test_build_random_and_list_from_the_command_line(tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from voxflow.flows.cli import main
 
     folder = tmp_path / "models"
     assert main(["models", "build-random", "--size", "tiny", "--library", "whisper", str(folder)]) == 0

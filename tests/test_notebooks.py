@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from flows.ingest import ingest
+from voxflow.flows.ingest import ingest
 from tests.conftest import CORPUS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flows.synthesize import SpeechItem, synthesize
-from flows.speech import SpeechOptions
-from flows.transcribe import TranscribeFlowOptions, transcribe
-from storage.settings import StoreSettings
-from tasks.synthesize import SynthesizeOptions
-from tasks.transcribe import TranscribeOptions
+from voxflow.flows.synthesize import SpeechItem, synthesize
+from voxflow.flows.speech import SpeechOptions
+from voxflow.flows.transcribe import TranscribeFlowOptions, transcribe
+from voxflow.storage.settings import StoreSettings
+from voxflow.tasks.synthesize import SynthesizeOptions
+from voxflow.tasks.transcribe import TranscribeOptions
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -133,7 +133,7 @@ def _speech(path: str) -> tuple[np.ndarray, int]:
 
 def _stage_computes(folder: str, paths: list[str]) -> dict:
     """Each model stage's compute function on one shared model, as ``compute(i)`` on file i."""
-    from tasks import denoise, diarize, enhance, separate, synthesize as tts, transcribe, upsample
+    from voxflow.tasks import denoise, diarize, enhance, separate, synthesize as tts, transcribe, upsample
 
     audio = [_speech(p) for p in paths]
     speech16k = [transcribe.whisper_audio(*a) for a in audio]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.denoise import DEFAULT_MODEL, LIBRARY, DenoiseOptions, denoise, load_denoise_model
-from tasks.reference import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.denoise import DEFAULT_MODEL, LIBRARY, DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.reference import (
     ReferenceError,
     ReferenceOptions,
     ReferenceResult,
@@ -29,7 +29,7 @@ from tasks.reference import (
     prepare_reference,
     speech_frames,
 )
-from tasks.runs import is_transient
+from voxflow.tasks.kit.runs import is_transient
 from tests.conftest import CORPUS
 
 LJ = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"  # 7.7 s, 22.05 kHz mono, clean
@@ -226,10 +226,10 @@ def test_invalid_options_fail_with_one_line(change, message):
 def test_the_task_in_a_flow_cleans_caches_checks_and_refuses(tmp_path, use_store, tiny_models, lj, monkeypatch):
     from prefect import flow
 
-    import tasks.reference
-    from flows.environment import environment
-    from tasks.ingest import IngestOptions, ingest_file
-    from tasks.reference import prepare_reference_audio
+    import voxflow.tasks.reference
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+    from voxflow.tasks.reference import prepare_reference_audio
 
     models = tiny_models.settings(LIBRARY)
     samples, rate = lj
@@ -266,7 +266,7 @@ def test_the_task_in_a_flow_cleans_caches_checks_and_refuses(tmp_path, use_store
     def no_model(*args, **kwargs):
         raise AssertionError("the denoiser was loaded although process is off")
 
-    monkeypatch.setattr(tasks.reference, "load_denoise_model", no_model)
+    monkeypatch.setattr(voxflow.tasks.reference, "load_denoise_model", no_model)
     checked = reference_flow(str(voice), ReferenceOptions(process=False))
     assert checked.artifact.uri == ingested["uri"] and checked.sha256 == ingested["sha256"] and not checked.processed
     assert len(catalog.frame("artifacts")) == 2  # the ingested audio and the cleaned reference, nothing new

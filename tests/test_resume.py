@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from storage.catalog import TABLES, Catalog
-from storage.store import LocalStore
+from voxflow.storage.catalog import TABLES, Catalog
+from voxflow.storage.store import LocalStore
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.slow

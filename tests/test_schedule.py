@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from storage.catalog import Catalog
-from storage.store import LocalStore
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.store import LocalStore
 from tests import servers
 from tests.conftest import CORPUS
 from tests.servers import BIN

@@ -20,14 +20,14 @@ from demucs.audio import convert_audio_channels
 from demucs.htdemucs import HTDemucs
 from prefect import flow
 
-from flows.environment import environment
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio
-from tasks.ingest import NATIVE, ingest_file
-from tasks.models import MODEL_SOURCES, ModelNotFound, ModelSettings
-from tasks.random_models.demucs import TINY, random_htdemucs, write_bag
-from tasks.separate import (
+from voxflow.flows.environment import environment
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.ingest import NATIVE, ingest_file
+from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound, ModelSettings
+from voxflow.tasks.testing.random_models.demucs import TINY, random_htdemucs, write_bag
+from voxflow.tasks.separate import (
     SeparateOptions,
     SeparateResult,
     load_separate_model,

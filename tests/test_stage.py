@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from storage.settings import StoreSettings
-from storage.store import open_store
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
 from tests import stages
 from tests.conftest import CORPUS
 from tests.stages import ChainOptions, GainOptions, LevelsOptions, chain
@@ -38,7 +38,7 @@ def ten_minutes_flac(tmp_path_factory):
     import numpy as np
     import soundfile as sf
 
-    from tasks import audio
+    from voxflow.tasks.helpers import audio
 
     parts = []
     for name in ("asr_en_jfk/jfk.flac", "music_vocals_mp3/audio_example.mp3"):
@@ -139,7 +139,7 @@ def test_a_deterministic_failure_is_not_retried(tmp_path, use_store):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio at all\n" * 40)
-    from flows.pipelines import FilesFailed
+    from voxflow.flows.pipelines import FilesFailed
 
     with pytest.raises(FilesFailed) as e:
         chain(paths=[str(bad)])
@@ -153,7 +153,7 @@ def test_a_deterministic_failure_is_not_retried(tmp_path, use_store):
 def test_gpu_stages_share_the_gpu_slots_and_cpu_stages_do_not(tmp_path, use_store, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from tasks import gpu
+    from voxflow.tasks.kit import gpu
 
     monkeypatch.setenv("VOXFLOW_GPU_SLOTS", "1")
     monkeypatch.setattr(gpu, "_ensured", set())
@@ -194,7 +194,7 @@ def test_a_library_error_names_the_file_the_stage_and_says_it_is_unexpected(tmp_
         return np.linalg.inv(np.zeros((2, 2)))
 
     monkeypatch.setattr(stages, "apply_gain", singular)
-    from flows.pipelines import FilesFailed
+    from voxflow.flows.pipelines import FilesFailed
 
     with pytest.raises(FilesFailed) as e:
         chain(paths=[str(CORPUS / "denoise_babble" / "speech.wav")])

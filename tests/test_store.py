@@ -8,10 +8,10 @@ import os
 import boto3
 import pytest
 
-from storage.errors import ChecksumMismatch, ObjectNotFound, StorageError
-from storage.keys import artifact_key, parse_location
-from storage.settings import StoreSettings
-from storage.store import LocalStore, S3Store, open_store
+from voxflow.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError
+from voxflow.storage.keys import artifact_key, parse_location
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import LocalStore, S3Store, open_store
 
 SHA = hashlib.sha256(b"input").hexdigest()
 

@@ -11,15 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
-from flows.clone_enhanced import clone_enhanced
-from flows.speech import SpeechOptions
-from flows.synthesize import SpeechItem, synthesize
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio, synthesize as tts
-from tasks.reference import ReferenceOptions
-from tasks.synthesize import SynthesizeOptions
+from voxflow.flows.cli import main
+from voxflow.flows.clone_enhanced import clone_enhanced
+from voxflow.flows.speech import SpeechOptions
+from voxflow.flows.synthesize import SpeechItem, synthesize
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks import synthesize as tts
+from voxflow.tasks.reference import ReferenceOptions
+from voxflow.tasks.synthesize import SynthesizeOptions
 from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

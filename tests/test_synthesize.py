@@ -1,6 +1,6 @@
 """Synthesize: tiny random Qwen3-TTS models, our batched synthesis against the package's own calls, the stages.
 
-The tiny models (``tasks.random_models.qwen_tts``) have the real architectures and ids with 32-wide
+The tiny models (``voxflow.tasks.testing.random_models.qwen_tts``) have the real architectures and ids with 32-wide
 stacks, and never emit their end token: every generation runs to ``max_new_tokens`` and yields
 ``max_new_tokens - 1`` codec frames of 1920 samples. That makes lengths exact (the batching and
 splitting tests count samples) and makes every line fail the "truncated" check, which the quality
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio, quality
-from tasks.models import MODEL_SOURCES, ModelNotFound, ModelSettings
-from tasks.synthesize import (
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio, quality
+from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound, ModelSettings
+from voxflow.tasks.synthesize import (
     DEFAULT_MODELS,
     LIBRARY,
     SAMPLE_RATE_HZ,
@@ -102,7 +102,7 @@ class Recorder:
 def test_the_builder_is_deterministic_and_the_folders_load_without_missing_weights(folder, tmp_path):
     from safetensors.torch import load_file
 
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     root = folder / LIBRARY
     rebuilt = random_models.build("qwen_tts", tmp_path, "tiny", seed=0)
@@ -132,7 +132,7 @@ def test_full_size_models_have_the_released_parameter_counts():
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
-    from tasks.random_models import qwen_tts
+    from voxflow.tasks.testing.random_models import qwen_tts
 
     tokenizer = qwen_tts.text_tokenizer()
     with torch.device("meta"):  # constructed without memory: shapes only
@@ -425,9 +425,9 @@ def test_models_load_once_from_the_folder_and_a_missing_one_fails_clearly(folder
 def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_path, use_store, tiny_models, monkeypatch):
     from prefect import flow
 
-    from flows.environment import environment
-    from tasks.ingest import IngestOptions, ingest_file
-    from tasks.synthesize import clone_prompt, synthesize_lines
+    from voxflow.flows.environment import environment
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+    from voxflow.tasks.synthesize import clone_prompt, synthesize_lines
 
     models = tiny_models.settings("qwen_tts")
     base = _load("clone", models.folder)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.store import open_store
-from tasks import audio, subtitles
-from tasks.speakers import Turn, parse_rttm
-from tasks.subtitles import Segment, Transcript, Word
-from tasks.transcribe import (
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
+from voxflow.tasks.helpers import audio, subtitles
+from voxflow.tasks.helpers.speakers import Turn, parse_rttm
+from voxflow.tasks.helpers.subtitles import Segment, Transcript, Word
+from voxflow.tasks.transcribe import (
     SAMPLE_RATE_HZ,
     Span,
     TranscribeOptions,
@@ -144,7 +144,7 @@ def _faster_upstream(model, samples: np.ndarray) -> dict:
 def test_faster_whisper_backend_equals_faster_whispers_own_transcribe_chunk_by_chunk(tiny_models, sample):
     from faster_whisper import WhisperModel
 
-    from tasks.random_models.whisper import build_faster_whisper
+    from voxflow.tasks.testing.random_models.whisper import build_faster_whisper
 
     root = tiny_models.build("whisper")
     build_faster_whisper(root, "tiny", 0)  # converts the session's tiny turbo.pt (same weights)
@@ -320,8 +320,8 @@ def test_options_are_validated_with_clear_errors():
 def test_loader_finds_the_tiny_turbo_in_the_model_folder(tiny_models):
     import whisper
 
-    from tasks.models import MODEL_SOURCES, ModelNotFound
-    from tasks.random_models.whisper import TINY_DIMS
+    from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+    from voxflow.tasks.testing.random_models.whisper import TINY_DIMS
 
     settings = tiny_models.settings("whisper")
     model = load_transcribe_model("turbo", settings.torch_device(), settings.model_dir)
@@ -340,7 +340,7 @@ def test_loader_finds_the_tiny_turbo_in_the_model_folder(tiny_models):
 
 @dataclass(frozen=True)
 class Diarization:
-    """What transcribe reads of a diarize result (duck-typed: the real one is tasks.diarize's)."""
+    """What transcribe reads of a diarize result (duck-typed: the real one is voxflow.tasks.diarize's)."""
 
     rttm: ArtifactRef
     exclusive_rttm: ArtifactRef
@@ -355,10 +355,10 @@ class Diarization:
 def test_transcribe_task_in_a_flow_writes_artifacts_and_segment_rows(tmp_path, use_store, tiny_models):
     from prefect import flow
 
-    from flows.environment import environment
-    from storage.catalog import Catalog
-    from tasks.ingest import IngestOptions, ingest_file
-    from tasks.transcribe import TranscribeResult, transcribe_audio
+    from voxflow.flows.environment import environment
+    from voxflow.storage.catalog import Catalog
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+    from voxflow.tasks.transcribe import TranscribeResult, transcribe_audio
 
     settings = StoreSettings(location=str(tmp_path / "store"))
     catalog = use_store(settings)

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from storage.settings import voxflow_home
+from voxflow.storage.settings import voxflow_home
 
 POLL_S = 0.05
 

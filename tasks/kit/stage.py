@@ -1,7 +1,7 @@
 """The one way a stage becomes a Prefect task: content cache keys, retries, locks, GPU guard, records.
 
 A stage function takes its input (a source URI, or a reference with a ``sha256`` such as
-:class:`~storage.refs.ArtifactRef`), a frozen ``options`` dataclass and the ``settings`` of the
+:class:`~voxflow.storage.refs.ArtifactRef`), a frozen ``options`` dataclass and the ``settings`` of the
 store, and returns a small result holding references. :func:`stage_task` turns it into a task whose
 
 * **cache key** is the input's sha256 + stage name + hash of (options, model revision, stage code
@@ -9,11 +9,11 @@ store, and returns a small result holding references. :func:`stage_task` turns i
 * **cache records** live on the artifact store (``results/<key>``, see :func:`with_results`), visible
   to every worker; a record whose artifacts have disappeared from the store is dropped before the
   lookup, so the stage recomputes;
-* **isolation** is ``SERIALIZABLE`` with :class:`~tasks.locks.FileLockManager`: a second run of the
+* **isolation** is ``SERIALIZABLE`` with :class:`~voxflow.tasks.kit.locks.FileLockManager`: a second run of the
   same key waits for the first and reads its record instead of computing again;
 * **retries** (exponential backoff with jitter) happen only for transient failures
-  (:func:`~tasks.runs.is_transient`); a bad input fails at once;
-* **GPU stages** hold a slot of the ``gpu`` concurrency limit while they run (:mod:`tasks.gpu`);
+  (:func:`~voxflow.tasks.kit.runs.is_transient`); a bad input fails at once;
+* **GPU stages** hold a slot of the ``gpu`` concurrency limit while they run (:mod:`voxflow.tasks.kit.gpu`);
 * every attempt and every cache hit writes a ``stage_runs`` row.
 """
 
@@ -35,17 +35,17 @@ from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 from prefect.transactions import IsolationLevel
 
-from storage.catalog import Catalog
-from storage.errors import ObjectNotFound
-from storage.keys import result_record_key
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.sources import source_sha256
-from storage.store import ArtifactStore, shared_store
-from tasks.caching import params_hash, stage_cache_key
-from tasks.gpu import gpu_guard
-from tasks.locks import FileLockManager
-from tasks.runs import StageRun, note_failure, record_stage_run, retry_transient, stage_run_row
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.errors import ObjectNotFound
+from voxflow.storage.keys import result_record_key
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.sources import source_sha256
+from voxflow.storage.store import ArtifactStore, shared_store
+from voxflow.tasks.kit.caching import params_hash, stage_cache_key
+from voxflow.tasks.kit.gpu import gpu_guard
+from voxflow.tasks.kit.locks import FileLockManager
+from voxflow.tasks.kit.runs import StageRun, note_failure, record_stage_run, retry_transient, stage_run_row
 
 log = logging.getLogger(__name__)
 

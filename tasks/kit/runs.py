@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator, TypeVar
 
-from storage.catalog import Catalog
-from storage.errors import TransientStorageError
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.errors import TransientStorageError
 
 T = TypeVar("T")
 ERROR_MESSAGE_CHARS = 2000
@@ -79,7 +79,7 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-OUR_PACKAGES = frozenset({"tasks", "flows", "storage", "blocks"})  # top-level packages of voxflow's own code
+OUR_PACKAGES = frozenset({"voxflow"})  # the top-level package of voxflow's own code
 
 
 def raised_in(error: BaseException) -> str | None:
@@ -199,7 +199,7 @@ def current_run() -> StageRun:
     """The stage run being recorded around the calling code."""
     run = CURRENT_RUN.get()
     if run is None:
-        raise RuntimeError("not inside a stage run (see tasks.stage.stage_task)")
+        raise RuntimeError("not inside a stage run (see voxflow.tasks.kit.stage.stage_task)")
     return run
 
 

@@ -1,7 +1,7 @@
 """A random-weight NoVaSR saved as ``<model_dir>/novasr/pytorch_model_v1.bin``, the file the stage loads.
 
 The file is what the official ``YatharthS/NovaSR`` checkpoint is: a ``torch.save`` of the model's state
-dict with weight norm folded into the convolutions, read by :func:`tasks.upsample.load_upsample_model`
+dict with weight norm folded into the convolutions, read by :func:`voxflow.tasks.upsample.load_upsample_model`
 (which takes the channel count and kernel size from its shapes). ``full`` has the official sizes (32
 channels, kernel 11: 23,200 parameters); ``tiny`` keeps the kernel, the filters and the receptive field
 with 8 channels. The snake parameters are drawn around their initial value instead of left at it, so
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.upsample import HUB_FILE, LIBRARY, write_checkpoint
+from voxflow.tasks.upsample import HUB_FILE, LIBRARY, write_checkpoint
 
 SIZES = {"tiny": {"channels": 8}, "full": {"channels": 32}}
 SNAKE_LOG_STD = 0.5  # spread of log alpha and log beta around 0 (alpha = beta = 1)
@@ -22,7 +22,7 @@ def build(model_dir: Path, size: str, seed: int) -> list[Path]:
     """Write a random ``size`` NoVaSR (deterministic for ``seed``); returns the file."""
     import torch
 
-    from tasks.upsample import NovaSR
+    from voxflow.tasks.upsample import NovaSR
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")

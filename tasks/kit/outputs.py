@@ -1,7 +1,7 @@
 """Reading a stage's input audio and writing its outputs: objects on the store plus ``artifacts`` rows.
 
 Every output lands at ``artifacts/<input sha[:2]>/<input sha>/<stage>/<params hash>/<name>``, taken
-from the stage run being recorded (:func:`tasks.runs.current_run`), so the same input with the same
+from the stage run being recorded (:func:`voxflow.tasks.kit.runs.current_run`), so the same input with the same
 options always writes the same keys.
 """
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from storage.catalog import Catalog
-from storage.keys import artifact_key
-from storage.refs import ArtifactRef
-from storage.settings import StoreSettings
-from storage.store import shared_store
-from tasks import audio
-from tasks.runs import StageRun, current_run
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.keys import artifact_key
+from voxflow.storage.refs import ArtifactRef
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import shared_store
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.runs import StageRun, current_run
 
 MEDIA_TYPES = {
     "wav": "audio/wav", "rttm": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt",

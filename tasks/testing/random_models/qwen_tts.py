@@ -1,6 +1,6 @@
 """Random-weight Qwen3-TTS checkpoints in the exact folder layout ``Qwen3TTSModel.from_pretrained`` reads.
 
-``build(model_dir, size, seed)`` writes the three default models of :mod:`tasks.synthesize` into
+``build(model_dir, size, seed)`` writes the three default models of :mod:`voxflow.tasks.synthesize` into
 ``<model_dir>/qwen-tts/<repository name>/``, one folder per kind::
 
     Qwen3-TTS-12Hz-0.6B-Base/          tts_model_type "base" (speaker encoder: voice cloning)
@@ -44,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.synthesize import DEFAULT_MODELS, LIBRARY, import_qwen_tts, local_folder_name
+from voxflow.tasks.synthesize import DEFAULT_MODELS, LIBRARY, import_qwen_tts, local_folder_name
 
 SAMPLE_RATE_HZ = 24_000
 HOP_SAMPLES = 1920  # one 12.5 Hz codec frame at 24 kHz

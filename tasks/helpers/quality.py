@@ -16,7 +16,7 @@ an empty tuple when it passes:
   - the audio ends at full level: the last :attr:`QualityThresholds.end_window_s` are as loud as
     the loud part of the line, where finished speech fades out.
 
-Pure numpy, no model and no I/O: :func:`tasks.synthesize.synthesize` calls it on every piece it
+Pure numpy, no model and no I/O: :func:`voxflow.tasks.synthesize.synthesize` calls it on every piece it
 generates and regenerates the lines that fail.
 """
 

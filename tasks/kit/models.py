@@ -208,7 +208,7 @@ class ResidentModels:
         for k in doomed:
             del self._models[k]
         if doomed:
-            from tasks.runs import free_accelerator_memory
+            from voxflow.tasks.kit.runs import free_accelerator_memory
 
             free_accelerator_memory()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.denoise import DEFAULT_MODEL, LIBRARY, write_denoise_package
+from voxflow.tasks.denoise import DEFAULT_MODEL, LIBRARY, write_denoise_package
 
 SAMPLE_RATE_HZ = 16_000
 SIZES = {

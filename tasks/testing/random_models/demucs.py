@@ -3,7 +3,7 @@
 The layout is the released one (``htdemucs.yaml`` is a bag naming one signature, whose package
 ``<sig>-<checksum>.th`` holds ``klass``, ``args``, ``kwargs`` and a half-precision ``state``), written
 with demucs' own ``get_state`` and ``save_with_checksum``, so ``demucs.pretrained.get_model("htdemucs",
-repo=<model_dir>/demucs)`` and :func:`tasks.separate.load_separate_model` read it. The signature names
+repo=<model_dir>/demucs)`` and :func:`voxflow.tasks.separate.load_separate_model` read it. The signature names
 the random model (``random_tiny_0``), never a released one, so real packages can sit beside it.
 
 ``full`` has the architecture of the released ``htdemucs`` (955717e8: 42 M parameters, 7.8 s segments);
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tasks.separate import DEFAULT_MODEL, LIBRARY, save_package
+from voxflow.tasks.separate import DEFAULT_MODEL, LIBRARY, save_package
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 # Constructor arguments of the released htdemucs that differ from HTDemucs' defaults.

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from storage.settings import voxflow_home
+from voxflow.storage.settings import voxflow_home
 
 GPU_LIMIT = "gpu"
 LEASE_S = 60.0

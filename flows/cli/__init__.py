@@ -42,9 +42,9 @@ def _print_report(report, columns: Sequence[str]) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import DEFAULT_PARALLEL_FILES, ingest
-    from flows.pipelines import FilesFailed
-    from tasks.ingest import IngestOptions
+    from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, ingest
+    from voxflow.flows.pipelines import FilesFailed
+    from voxflow.tasks.ingest import IngestOptions
 
     given = {"sample_rate_hz": args.sample_rate_hz, "resample_quality": args.resample_quality}
     if args.keep_channels:
@@ -74,8 +74,8 @@ def _param(text: str) -> tuple[str, object]:
 
 
 def cmd_ingest_folder(args: argparse.Namespace) -> int:
-    from flows.ingest import DEFAULT_PARALLEL_FILES
-    from flows.ingest_folder import ingest_folder
+    from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES
+    from voxflow.flows.ingest_folder import ingest_folder
 
     flow = ingest_folder
     if args.dask_workers or args.dask_address:
@@ -97,8 +97,8 @@ def cmd_ingest_folder(args: argparse.Namespace) -> int:
 
 def _run_files(flow, args: argparse.Namespace, options, columns: Sequence[str]) -> tuple[int, object]:
     """Run a per-file flow; print its table and one error line per failed file. Returns (code, report)."""
-    from flows.ingest import DEFAULT_PARALLEL_FILES
-    from flows.pipelines import FilesFailed
+    from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES
+    from voxflow.flows.pipelines import FilesFailed
 
     try:
         report = flow(paths=args.paths, options=options, parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
@@ -121,8 +121,8 @@ def _given(**values) -> dict:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from flows.environment import store_settings
-    from flows.transcribe import TRANSCRIBE, transcribe
+    from voxflow.flows.environment import store_settings
+    from voxflow.flows.transcribe import TRANSCRIBE, transcribe
 
     options = TRANSCRIBE.options(_given(
         run_separate=args.separate or None, run_denoise=args.denoise or None, run_diarize=False if args.no_diarize else None,
@@ -139,14 +139,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
-    from flows.separate import SEPARATE, separate
+    from voxflow.flows.separate import SEPARATE, separate
 
     options = SEPARATE.options(_given(separate=_given(model=args.model)))
     return _run_files(separate, args, options, ("file", "status", "computed", "outputs"))[0]
 
 
 def cmd_lipsync(args: argparse.Namespace) -> int:
-    from flows.lipsync_features import LIPSYNC, lipsync_features
+    from voxflow.flows.lipsync_features import LIPSYNC, lipsync_features
 
     options = LIPSYNC.options(_given(features=_given(fps=args.fps)))
     return _run_files(lipsync_features, args, options, ("file", "status", "computed", "frames", "outputs"))[0]
@@ -156,7 +156,7 @@ def _speech_options(args: argparse.Namespace):
     """The synthesis flows' options from the command line (unset flags keep the defaults)."""
     from pydantic import TypeAdapter
 
-    from flows.speech import SpeechOptions
+    from voxflow.flows.speech import SpeechOptions
 
     given = _given(
         run_pre_processing=False if args.no_pre_processing else None,
@@ -170,9 +170,9 @@ def _speech_options(args: argparse.Namespace):
 
 def _print_speech(state, args: argparse.Namespace) -> int:
     """The lines table, a warning per flagged line, and the WAVs copied to ``--out``."""
-    from flows.environment import store_settings
+    from voxflow.flows.environment import store_settings
 
-    from tasks.runs import failed_stage, failure_reason
+    from voxflow.tasks.kit.runs import failed_stage, failure_reason
 
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
@@ -187,7 +187,7 @@ def _print_speech(state, args: argparse.Namespace) -> int:
     if args.out:
         from pathlib import Path
 
-        from storage.store import open_store
+        from voxflow.storage.store import open_store
 
         store, folder = open_store(store_settings(args.storage_block)), Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def _print_speech(state, args: argparse.Namespace) -> int:
 
 
 def cmd_clone(args: argparse.Namespace) -> int:
-    from flows.clone_enhanced import clone_enhanced
+    from voxflow.flows.clone_enhanced import clone_enhanced
 
     state = clone_enhanced(reference=args.reference, lines=args.lines, language=args.language,
                            transcript=args.transcript, options=_speech_options(args),
@@ -208,7 +208,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from flows.synthesize import SpeechItem, synthesize
+    from voxflow.flows.synthesize import SpeechItem, synthesize
 
     if args.design:
         mode, voice = "design", {"voice_description": args.design}
@@ -239,7 +239,7 @@ def _add_speech_options(p: argparse.ArgumentParser) -> None:
 
 
 def _model_settings(args: argparse.Namespace):
-    from flows.environment import model_settings
+    from voxflow.flows.environment import model_settings
 
     settings = model_settings(args.models_block)
     if args.model_dir:
@@ -250,9 +250,9 @@ def _model_settings(args: argparse.Namespace):
 
 
 def _model_sources():
-    import tasks.denoise, tasks.diarize, tasks.separate, tasks.transcribe  # noqa: F401,E401  (they register them)
-    import tasks.synthesize, tasks.upsample  # noqa: F401,E401
-    from tasks.models import MODEL_SOURCES
+    import voxflow.tasks.denoise, voxflow.tasks.diarize, voxflow.tasks.separate, voxflow.tasks.transcribe  # noqa: F401,E401  (they register them)
+    import voxflow.tasks.synthesize, voxflow.tasks.upsample  # noqa: F401,E401
+    from voxflow.tasks.kit.models import MODEL_SOURCES
 
     return MODEL_SOURCES
 
@@ -285,7 +285,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models_build_random(args: argparse.Namespace) -> int:
-    from tasks import random_models
+    from voxflow.tasks.testing import random_models
 
     files = random_models.build_all(args.dir, args.size, tuple(args.library or random_models.LIBRARIES))
     for path in files:
@@ -299,9 +299,9 @@ def cmd_models_build_random(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from flows.environment import store_settings
-    from storage.catalog import Catalog
-    from storage.store import open_store
+    from voxflow.flows.environment import store_settings
+    from voxflow.storage.catalog import Catalog
+    from voxflow.storage.store import open_store
 
     frame = Catalog(open_store(store_settings(args.storage_block))).frame(args.table)
     if args.columns:
@@ -312,7 +312,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_blocks_register(args: argparse.Namespace) -> int:
-    from blocks import register_block_types
+    from voxflow.blocks import register_block_types
 
     for slug in register_block_types():
         print(f"registered block type {slug}")
@@ -322,7 +322,7 @@ def cmd_blocks_register(args: argparse.Namespace) -> int:
 def cmd_blocks_save_storage(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
-    from blocks.storage import VoxflowStorage
+    from voxflow.blocks.storage import VoxflowStorage
 
     def secret(name: str) -> SecretStr | None:
         return SecretStr(os.environ[name]) if os.environ.get(name) else None
@@ -341,7 +341,7 @@ def cmd_blocks_save_storage(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.deployments import serve_all
+    from voxflow.flows.deployments import serve_all
 
     serve_all(args.inbox, args.cron, args.interval)
     return 0

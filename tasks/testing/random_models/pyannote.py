@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.diarize import DEFAULT_MODEL, LIBRARY, SAMPLE_RATE_HZ, import_pyannote, local_folder_name
+from voxflow.tasks.diarize import DEFAULT_MODEL, LIBRARY, SAMPLE_RATE_HZ, import_pyannote, local_folder_name
 
 SEGMENTATION_DURATION_S = 10.0  # chunk the segmentation model sees (community-1)
 EMBEDDING_DURATION_S = 5.0  # nominal chunk of the embedding model (as pyannote's wespeaker convert.py)

@@ -1,7 +1,7 @@
 """Random-weight models of the real architectures, written in each library's real on-disk format.
 
 ``build(library, model_dir, size)`` writes one library's default model into ``<model_dir>/<library>/``
-exactly where :mod:`tasks.models` and the stage loaders look, so the production loading and
+exactly where :mod:`voxflow.tasks.kit.models` and the stage loaders look, so the production loading and
 inference code runs on them. ``tiny`` models are small enough for tests on a CPU; ``full`` models have
 the real sizes (for benchmarks of the real compute cost). Their output is noise: they check the
 plumbing, never the quality.
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 Size = Literal["tiny", "full"]
-# library -> module under tasks.random_models with ``build(model_dir, size, seed) -> list[Path]``
+# library -> module under voxflow.tasks.testing.random_models with ``build(model_dir, size, seed) -> list[Path]``
 LIBRARIES = ("denoiser", "demucs", "pyannote", "whisper", "faster_whisper", "qwen_tts", "novasr")
 
 
@@ -24,7 +24,7 @@ def build(library: str, model_dir: str | Path, size: Size = "tiny", seed: int = 
         raise ValueError(f"no random-model builder for {library!r}; libraries are {', '.join(LIBRARIES)}")
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
-    module = importlib.import_module(f"tasks.random_models.{library}")
+    module = importlib.import_module(f"voxflow.tasks.testing.random_models.{library}")
     return module.build(Path(model_dir), size, seed)
 
 

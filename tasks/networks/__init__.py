@@ -1,0 +1,1 @@
+"""Model architectures voxflow defines itself (a network with no installable upstream package)."""
