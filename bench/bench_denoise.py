@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 from bench.common import MB, RATE_HZ, cell, print_table, run_worker, speech  # noqa: E402
 
 
-
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
@@ -83,11 +82,29 @@ def _available_mb() -> float:
 
 
 def _run(method: str, minutes: float, model_dir: str, out: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", method, "--minutes", str(minutes), "--model-dir", model_dir,
-               "--out", str(out), "--device", args.device, "--threads", str(args.threads), "--chunk-s", str(args.chunk_s),
-               "--overlap-s", str(args.overlap_s), "--batch-size", str(args.batch_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--minutes",
+        str(minutes),
+        "--model-dir",
+        model_dir,
+        "--out",
+        str(out),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--chunk-s",
+        str(args.chunk_s),
+        "--overlap-s",
+        str(args.overlap_s),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     return run_worker(command)
-
 
 
 def main() -> None:
@@ -99,7 +116,9 @@ def main() -> None:
     parser.add_argument("--chunk-s", type=float, default=10.0)
     parser.add_argument("--overlap-s", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--methods", nargs="+", choices=("ours", "upstream", "stream"), default=["ours", "upstream", "stream"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=("ours", "upstream", "stream"), default=["ours", "upstream", "stream"]
+    )
     parser.add_argument("--stream-minutes", type=float, default=1.0, help="run the streamer up to this length")
     parser.add_argument("--max-memory-fraction", type=float, default=0.6, help="of MemAvailable, for upstream")
     parser.add_argument("--worker", choices=("ours", "upstream", "stream"), help=argparse.SUPPRESS)
@@ -113,18 +132,34 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("denoiser", tmp, args.size)
-        print(f"denoiser dns48 ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
-              f"chunk {args.chunk_s} s, overlap {args.overlap_s} s, batch {args.batch_size}", flush=True)  # fmt: skip
-        header = ("minutes", "ours s", "upstream s", "ratio", "stream s", "ours peak RSS MB", "upstream peak RSS MB",
-                  "stream peak RSS MB", "ours peak CUDA MB", "upstream peak CUDA MB", "max diff")  # fmt: skip
+        print(
+            f"denoiser dns48 ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
+            f"chunk {args.chunk_s} s, overlap {args.overlap_s} s, batch {args.batch_size}",
+            flush=True,
+        )
+        header = (
+            "minutes",
+            "ours s",
+            "upstream s",
+            "ratio",
+            "stream s",
+            "ours peak RSS MB",
+            "upstream peak RSS MB",
+            "stream peak RSS MB",
+            "ours peak CUDA MB",
+            "upstream peak CUDA MB",
+            "max diff",
+        )
         rows, notes, growth = [], [], None
         for minutes in sorted(args.minutes):
             ours = _run("ours", minutes, tmp, Path(tmp) / "ours.npy", args) if "ours" in args.methods else {}
             upstream: dict = {}
             predicted = None if growth is None else growth[0] + growth[1] * minutes
             if predicted is not None and predicted > args.max_memory_fraction * _available_mb():
-                notes.append(f"{minutes:g} min upstream skipped: predicted peak RSS {predicted / 1024:.1f} GB "
-                             f"> {args.max_memory_fraction:.0%} of {_available_mb() / 1024:.1f} GB available")  # fmt: skip
+                notes.append(
+                    f"{minutes:g} min upstream skipped: predicted peak RSS {predicted / 1024:.1f} GB "
+                    f"> {args.max_memory_fraction:.0%} of {_available_mb() / 1024:.1f} GB available"
+                )
             elif "upstream" in args.methods:
                 upstream = _run("upstream", minutes, tmp, Path(tmp) / "upstream.npy", args)
                 if "seconds" in upstream:
@@ -141,11 +176,21 @@ def main() -> None:
                 a, b = np.load(Path(tmp) / "ours.npy"), np.load(Path(tmp) / "upstream.npy")
                 diff = float(np.abs(a - b).max() / np.abs(b).max())
             ratio = upstream["seconds"] / ours["seconds"] if "seconds" in ours and "seconds" in upstream else None
-            rows.append((f"{minutes:g}", cell(ours.get("seconds")), cell(upstream.get("seconds")), cell(ratio, 2),
-                         cell(stream.get("seconds")), cell(ours.get("peak_rss_mb"), 0),
-                         cell(upstream.get("peak_rss_mb"), 0), cell(stream.get("peak_rss_mb"), 0),
-                         cell(ours.get("peak_cuda_mb"), 0), cell(upstream.get("peak_cuda_mb"), 0),
-                         "-" if diff is None else f"{diff:.1e}"))  # fmt: skip
+            rows.append(
+                (
+                    f"{minutes:g}",
+                    cell(ours.get("seconds")),
+                    cell(upstream.get("seconds")),
+                    cell(ratio, 2),
+                    cell(stream.get("seconds")),
+                    cell(ours.get("peak_rss_mb"), 0),
+                    cell(upstream.get("peak_rss_mb"), 0),
+                    cell(stream.get("peak_rss_mb"), 0),
+                    cell(ours.get("peak_cuda_mb"), 0),
+                    cell(upstream.get("peak_cuda_mb"), 0),
+                    "-" if diff is None else f"{diff:.1e}",
+                )
+            )
             print(" | ".join(rows[-1]), flush=True)
         print_table(header, rows, notes)
 

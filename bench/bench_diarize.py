@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import MB, RATE_HZ, cell, print_table, run_worker, speech  # noqa: E402
-NUM_SPEAKERS = 2
 
+NUM_SPEAKERS = 2
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -45,7 +45,14 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
-    from voxflow.tasks.diarize import DEFAULT_MODEL, DiarizeOptions, annotation_turns, diarize, load_diarize_model, waveform_input
+    from voxflow.tasks.diarize import (
+        DEFAULT_MODEL,
+        DiarizeOptions,
+        annotation_turns,
+        diarize,
+        load_diarize_model,
+        waveform_input,
+    )
 
     samples = speech(args.minutes[0])
     if args.worker == "ours":
@@ -64,20 +71,40 @@ def worker(args: argparse.Namespace) -> None:
         turns, exclusive = found.turns, found.exclusive
     else:
         output = pipeline({"waveform": torch.from_numpy(samples), "sample_rate": RATE_HZ}, num_speakers=NUM_SPEAKERS)
-        turns, exclusive = annotation_turns(output.speaker_diarization), annotation_turns(output.exclusive_speaker_diarization)
+        turns, exclusive = (
+            annotation_turns(output.speaker_diarization),
+            annotation_turns(output.exclusive_speaker_diarization),
+        )
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda_mb = torch.cuda.max_memory_allocated() / MB if args.device == "cuda" else None
-    Path(args.out).write_text(json.dumps([[(t.start_s, t.end_s, t.speaker) for t in turns],
-                                          [(t.start_s, t.end_s, t.speaker) for t in exclusive]]))  # fmt: skip
+    Path(args.out).write_text(
+        json.dumps(
+            [[(t.start_s, t.end_s, t.speaker) for t in turns], [(t.start_s, t.end_s, t.speaker) for t in exclusive]]
+        )
+    )
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "peak_cuda_mb": cuda_mb, "turns": len(turns)}))
 
 
 def _run(method: str, minutes: float, model_dir: str, out: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", method, "--minutes", str(minutes), "--model-dir", model_dir,
-               "--out", str(out), "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--minutes",
+        str(minutes),
+        "--model-dir",
+        model_dir,
+        "--out",
+        str(out),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     return run_worker(command, env)
 
@@ -89,7 +116,6 @@ def _same_turns(a: Path, b: Path) -> str:
     times = [np.array([t[:2] for t in part]).reshape(-1, 2) for part in ours + theirs]
     diff = max((float(np.abs(x - y).max()) if len(x) else 0.0) for x, y in zip(times[:2], times[2:]))
     return f"yes ({diff:.0e} s)" if diff <= 1e-6 else f"no ({diff:.1e} s)"
-
 
 
 def main() -> None:
@@ -109,22 +135,46 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("pyannote", tmp, args.size)
-        print(f"pyannote community-1 ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
-              f"num_speakers={NUM_SPEAKERS}", flush=True)  # fmt: skip
-        header = ("minutes", "ours s", "upstream s", "ratio", "ours peak RSS MB", "upstream peak RSS MB",
-                  "ours peak CUDA MB", "upstream peak CUDA MB", "turns", "same turns")  # fmt: skip
+        print(
+            f"pyannote community-1 ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
+            f"num_speakers={NUM_SPEAKERS}",
+            flush=True,
+        )
+        header = (
+            "minutes",
+            "ours s",
+            "upstream s",
+            "ratio",
+            "ours peak RSS MB",
+            "upstream peak RSS MB",
+            "ours peak CUDA MB",
+            "upstream peak CUDA MB",
+            "turns",
+            "same turns",
+        )
         rows, notes = [], []
         for minutes in sorted(args.minutes):
-            results = {name: _run(name, minutes, tmp, Path(tmp) / f"{name}.json", args) for name in ("ours", "upstream")}
+            results = {
+                name: _run(name, minutes, tmp, Path(tmp) / f"{name}.json", args) for name in ("ours", "upstream")
+            }
             ours, upstream = results["ours"], results["upstream"]
             notes += [f"{minutes:g} min {name} failed: {r['error']}" for name, r in results.items() if "error" in r]
             both = "seconds" in ours and "seconds" in upstream
             same = _same_turns(Path(tmp) / "ours.json", Path(tmp) / "upstream.json") if both else "-"
-            rows.append((f"{minutes:g}", cell(ours.get("seconds")), cell(upstream.get("seconds")),
-                         cell(upstream["seconds"] / ours["seconds"], 2) if both else "-",
-                         cell(ours.get("peak_rss_mb"), 0), cell(upstream.get("peak_rss_mb"), 0),
-                         cell(ours.get("peak_cuda_mb"), 0), cell(upstream.get("peak_cuda_mb"), 0),
-                         str(ours.get("turns", "-")), same))  # fmt: skip
+            rows.append(
+                (
+                    f"{minutes:g}",
+                    cell(ours.get("seconds")),
+                    cell(upstream.get("seconds")),
+                    cell(upstream["seconds"] / ours["seconds"], 2) if both else "-",
+                    cell(ours.get("peak_rss_mb"), 0),
+                    cell(upstream.get("peak_rss_mb"), 0),
+                    cell(ours.get("peak_cuda_mb"), 0),
+                    cell(upstream.get("peak_cuda_mb"), 0),
+                    str(ours.get("turns", "-")),
+                    same,
+                )
+            )
             print(" | ".join(rows[-1]), flush=True)
         print_table(header, rows, notes)
 

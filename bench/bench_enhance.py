@@ -43,8 +43,8 @@ def worker(args: argparse.Namespace) -> None:
     """One timed run in this process; prints a JSON line."""
     import torch
 
-    from voxflow.tasks.helpers import audio
     from voxflow.tasks.enhance import EnhanceOptions, enhance, load_enhance_denoiser
+    from voxflow.tasks.helpers import audio
     from voxflow.tasks.upsample import UpsampleOptions, load_upsample_model, upsample
 
     torch.set_num_threads(args.threads)
@@ -78,9 +78,26 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _run(method: str, model_dir: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", method, "--seconds", str(args.seconds), "--model-dir", model_dir,
-               "--device", args.device, "--threads", str(args.threads), "--chunk-s", str(args.chunk_s),
-               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--seconds",
+        str(args.seconds),
+        "--model-dir",
+        model_dir,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--chunk-s",
+        str(args.chunk_s),
+        "--batch-size",
+        str(args.batch_size),
+        "--repeats",
+        str(args.repeats),
+    ]
     return run_worker(command)
 
 
@@ -104,8 +121,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         random_models.build("novasr", tmp, "full")
         random_models.build("denoiser", tmp, "full")
-        print(f"NoVaSR and DNS48 (full size, random weights), {args.device}, {args.threads} thread(s), "
-              f"{args.seconds:g} s of speech, chunk {args.chunk_s} s, batch {args.batch_size}", flush=True)  # fmt: skip
+        print(
+            f"NoVaSR and DNS48 (full size, random weights), {args.device}, {args.threads} thread(s), "
+            f"{args.seconds:g} s of speech, chunk {args.chunk_s} s, batch {args.batch_size}",
+            flush=True,
+        )
         header = ("method", "seconds", "real-time factor", "peak RSS MB")
         rows, notes = [], []
         for method in args.methods:

@@ -36,8 +36,13 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CORPUS = ROOT / "tests" / "data" / "corpus"
-SPEECH_FILES = ("asr_en_jfk/jfk.flac", "diar_2spk_pyannote/sample.wav", "clone_ref_lj/LJ050-0131.wav",
-                "denoise_babble/speech.wav", "sep_2spk_mixture/mixture_2.wav")  # fmt: skip
+SPEECH_FILES = (
+    "asr_en_jfk/jfk.flac",
+    "diar_2spk_pyannote/sample.wav",
+    "clone_ref_lj/LJ050-0131.wav",
+    "denoise_babble/speech.wav",
+    "sep_2spk_mixture/mixture_2.wav",
+)
 CHUNK_SAMPLES = 10_240  # 640 ms at 16 kHz
 
 
@@ -53,8 +58,13 @@ class Reference:
         import librosa
 
         self.options = options
-        self.filters = librosa.filters.mel(sr=options.sample_rate_hz, n_fft=options.n_fft, n_mels=options.n_mels,
-                                           fmin=options.fmin_hz, fmax=options.fmax_hz)  # fmt: skip
+        self.filters = librosa.filters.mel(
+            sr=options.sample_rate_hz,
+            n_fft=options.n_fft,
+            n_mels=options.n_mels,
+            fmin=options.fmin_hz,
+            fmax=options.fmax_hz,
+        )
 
     def log_mel(self, x: np.ndarray) -> np.ndarray:
         import librosa
@@ -62,8 +72,9 @@ class Reference:
 
         o = self.options
         emphasised = scipy.signal.lfilter([1, -o.preemphasis], [1], x)
-        spectrum = librosa.stft(emphasised, n_fft=o.n_fft, hop_length=o.hop_samples, win_length=o.win_samples,
-                                pad_mode=o.pad_mode)  # fmt: skip
+        spectrum = librosa.stft(
+            emphasised, n_fft=o.n_fft, hop_length=o.hop_samples, win_length=o.win_samples, pad_mode=o.pad_mode
+        )
         db = 20 * np.log10(np.maximum(10 ** (o.min_level_db / 20), self.filters @ np.abs(spectrum))) - o.ref_level_db
         m = o.max_abs_value
         return np.clip(2 * m * ((db - o.min_level_db) / -o.min_level_db) - m, -m, m)
@@ -102,7 +113,10 @@ def chunk_timings(repeats: int) -> dict:
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for start in starts:
         chunk = speech[start : start + CHUNK_SAMPLES]
-        for name, fn in (("ours", lambda: log_mel(chunk, options)), ("reference", lambda: reference.log_mel(chunk))):
+        for name, fn in (
+            ("ours", lambda chunk=chunk: log_mel(chunk, options)),
+            ("reference", lambda chunk=chunk: reference.log_mel(chunk)),
+        ):
             began = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - began)
@@ -128,14 +142,22 @@ def worker(side: str, path: str) -> None:
         features = lipsync_windows(x, options).features
     seconds = time.perf_counter() - began
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "shape": list(features.shape),
-                      "checksum": float(features[:: max(len(features) // 97, 1)].sum())}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak_mb,
+                "shape": list(features.shape),
+                "checksum": float(features[:: max(len(features) // 97, 1)].sum()),
+            }
+        )
+    )
 
 
 def run_side(side: str, path: Path) -> dict:
     done = subprocess.run([sys.executable, __file__, "--worker", side, str(path)], capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -158,7 +180,9 @@ def main() -> None:
     print()
     speech = corpus_speech()
     print("whole file: windows of every 25 fps video frame (features (frames, 80, 16) float32)")
-    print(f"{'minutes':>7} {'ours s':>8} {'librosa s':>10} {'ratio':>6} {'ours RSS MB':>12} {'librosa RSS MB':>15}  match")
+    print(
+        f"{'minutes':>7} {'ours s':>8} {'librosa s':>10} {'ratio':>6} {'ours RSS MB':>12} {'librosa RSS MB':>15}  match"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.minutes:
             samples = int(minutes * 60 * 16_000)
@@ -169,8 +193,10 @@ def main() -> None:
                 print(f"{minutes:>7g} ours: {ours.get('error', 'ok')}; reference: {ref.get('error', 'ok')}")
                 continue
             match = ours["shape"] == ref["shape"] and abs(ours["checksum"] - ref["checksum"]) < 1e-2
-            print(f"{minutes:>7g} {ours['seconds']:>8.2f} {ref['seconds']:>10.2f} {ref['seconds'] / ours['seconds']:>6.2f} "
-                  f"{ours['peak_rss_mb']:>12.0f} {ref['peak_rss_mb']:>15.0f}  {'yes' if match else 'NO'}")  # fmt: skip
+            print(
+                f"{minutes:>7g} {ours['seconds']:>8.2f} {ref['seconds']:>10.2f} {ref['seconds'] / ours['seconds']:>6.2f} "
+                f"{ours['peak_rss_mb']:>12.0f} {ref['peak_rss_mb']:>15.0f}  {'yes' if match else 'NO'}"
+            )
             path.unlink()
 
 

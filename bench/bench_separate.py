@@ -33,8 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CORPUS = ROOT / "tests" / "data" / "corpus"
-RECORDINGS = ("music_vocals_mp3/audio_example.mp3", "asr_en_jfk/jfk.flac", "diar_2spk_pyannote/sample.wav",
-              "sep_2spk_mixture/mixture_2.wav", "clone_ref_lj/LJ050-0131.wav")  # fmt: skip
+RECORDINGS = (
+    "music_vocals_mp3/audio_example.mp3",
+    "asr_en_jfk/jfk.flac",
+    "diar_2spk_pyannote/sample.wav",
+    "sep_2spk_mixture/mixture_2.wav",
+    "clone_ref_lj/LJ050-0131.wav",
+)
 SAMPLE_RATE_HZ = 44_100  # htdemucs' rate: no resampling inside the timed calls
 MODEL = "htdemucs"
 
@@ -58,13 +63,19 @@ def worker(args: argparse.Namespace) -> None:
     """One timed separation in this process; prints its seconds and peak memory as JSON."""
     import torch
 
-    from voxflow.tasks.separate import SeparateOptions, load_separate_model, separate  # both runs import the same modules
+    from voxflow.tasks.separate import (
+        SeparateOptions,
+        load_separate_model,
+        separate,
+    )  # both runs import the same modules
 
     torch.set_num_threads(args.threads)
     samples = np.load(args.audio)
     if args.worker == "ours":
         model = load_separate_model(MODEL, args.device, args.model_dir)
-        run = lambda: separate(samples, SAMPLE_RATE_HZ, model, SeparateOptions(batch_size=args.batch_size or None)).vocals  # noqa: E731
+
+        def run():
+            return separate(samples, SAMPLE_RATE_HZ, model, SeparateOptions(batch_size=args.batch_size or None)).vocals  # noqa: E731
     else:
         from demucs.api import Separator
 
@@ -82,18 +93,37 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     np.save(args.output, vocals)
-    print(json.dumps({
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
+            }
+        )
+    )
 
 
 def measure(which: str, audio: Path, model_dir: Path, args: argparse.Namespace, output: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", which, "--audio", str(audio), "--model-dir", str(model_dir),
-               "--device", args.device, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--output", str(output)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        which,
+        "--audio",
+        str(audio),
+        "--model-dir",
+        str(model_dir),
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--output",
+        str(output),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{which} run failed:\n{done.stderr[-3000:]}")
@@ -125,10 +155,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-separate-") as tmp:
         folder = Path(tmp)
         build("demucs", folder / "models", args.size)
-        print(f"htdemucs ({args.size}, random weights) on {args.device}, {args.threads} thread(s), "
-              f"ours batch_size={args.batch_size or 'default'}", flush=True)  # fmt: skip
-        header = f"{'minutes':>7} {'ours s':>9} {'upstream s':>10} {'ratio':>6} {'ours peak RSS MB':>16} " \
-                 f"{'upstream peak RSS MB':>20} {'max |diff|':>10} {'ours CPU s':>10} {'upstream CPU s':>14}"  # fmt: skip
+        print(
+            f"htdemucs ({args.size}, random weights) on {args.device}, {args.threads} thread(s), "
+            f"ours batch_size={args.batch_size or 'default'}",
+            flush=True,
+        )
+        header = (
+            f"{'minutes':>7} {'ours s':>9} {'upstream s':>10} {'ratio':>6} {'ours peak RSS MB':>16} "
+            f"{'upstream peak RSS MB':>20} {'max |diff|':>10} {'ours CPU s':>10} {'upstream CPU s':>14}"
+        )
         if args.device == "cuda":
             header += f" {'ours CUDA MB':>12} {'upstream CUDA MB':>16}"
         print(header, flush=True)
@@ -136,10 +171,12 @@ def main() -> None:
             audio = build_audio(minutes, folder / f"audio-{minutes}.npy")
             ours = measure("ours", audio, folder / "models", args, folder / "ours.npy")
             upstream = measure("upstream", audio, folder / "models", args, folder / "upstream.npy")
-            line = (f"{minutes:>7g} {ours['seconds']:>9.1f} {upstream['seconds']:>10.1f} "
-                    f"{upstream['seconds'] / ours['seconds']:>6.2f} {ours['peak_rss_mb']:>16.0f} "
-                    f"{upstream['peak_rss_mb']:>20.0f} {max_difference(folder / 'ours.npy', folder / 'upstream.npy'):>10.1e} "
-                    f"{ours['cpu_seconds']:>10.1f} {upstream['cpu_seconds']:>14.1f}")  # fmt: skip
+            line = (
+                f"{minutes:>7g} {ours['seconds']:>9.1f} {upstream['seconds']:>10.1f} "
+                f"{upstream['seconds'] / ours['seconds']:>6.2f} {ours['peak_rss_mb']:>16.0f} "
+                f"{upstream['peak_rss_mb']:>20.0f} {max_difference(folder / 'ours.npy', folder / 'upstream.npy'):>10.1e} "
+                f"{ours['cpu_seconds']:>10.1f} {upstream['cpu_seconds']:>14.1f}"
+            )
             if args.device == "cuda":
                 line += f" {ours['peak_cuda_mb']:>12.0f} {upstream['peak_cuda_mb']:>16.0f}"
             print(line, flush=True)

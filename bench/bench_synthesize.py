@@ -36,10 +36,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import CORPUS, cell  # noqa: E402
 
-WORDS = ("the voice reads each line clearly and slowly while the quiet room listens to every word it says "
-         "about rivers mountains cities music and the long history of small things").split()  # fmt: skip
+WORDS = (
+    "the voice reads each line clearly and slowly while the quiet room listens to every word it says "
+    "about rivers mountains cities music and the long history of small things"
+).split()
 REFERENCE = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"
-REFERENCE_TEXT = "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+REFERENCE_TEXT = (
+    "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+)
 
 
 def lines_of_varied_length(count: int, seed: int = 0) -> list[str]:
@@ -65,14 +69,15 @@ def main() -> None:
     parser.add_argument("--frames-per-char", type=float, default=0.5, help="codec frames allowed per character")
     parser.add_argument("--margin-frames", type=int, default=25, help="frames added to the per-character budget")
     parser.add_argument("--max-new-tokens-cap", type=int, default=2048)
-    parser.add_argument("--model-dir", help="a model folder with <dir>/qwen-tts/<repo>/ already built (skips the build)")
+    parser.add_argument(
+        "--model-dir", help="a model folder with <dir>/qwen-tts/<repo>/ already built (skips the build)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
 
     from voxflow.tasks.helpers import audio
-    from voxflow.tasks.testing import random_models
     from voxflow.tasks.synthesize import (
         DEFAULT_MODELS,
         SynthesisItem,
@@ -83,6 +88,7 @@ def main() -> None:
         synthesize,
         voice_prompt,
     )
+    from voxflow.tasks.testing import random_models
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,10 +99,17 @@ def main() -> None:
             print(f"built {args.size} random Qwen3-TTS folders in {time.perf_counter() - started:.1f} s", flush=True)
         model = load_tts_model(DEFAULT_MODELS[args.mode], args.device, model_dir)
         texts = lines_of_varied_length(args.lines)
-        extra = {"design": {"voice_description": "a calm, low voice"}, "custom": {"speaker": "ryan"}, "clone": {}}[args.mode]
+        extra = {"design": {"voice_description": "a calm, low voice"}, "custom": {"speaker": "ryan"}, "clone": {}}[
+            args.mode
+        ]
         items = [SynthesisItem(text, "english", **extra) for text in texts]
-        options = SynthesizeOptions(batch_size=args.batch_size, quality_retries=0, frames_per_char=args.frames_per_char,
-                                    margin_frames=args.margin_frames, max_new_tokens_cap=args.max_new_tokens_cap)  # fmt: skip
+        options = SynthesizeOptions(
+            batch_size=args.batch_size,
+            quality_retries=0,
+            frames_per_char=args.frames_per_char,
+            margin_frames=args.margin_frames,
+            max_new_tokens_cap=args.max_new_tokens_cap,
+        )
         prompt = None
         if args.mode == "clone":
             reference = audio.decode_file(REFERENCE)
@@ -105,7 +118,11 @@ def main() -> None:
         def one_by_one() -> list[np.ndarray]:
             out = []
             for item in items:
-                kwargs = {"text": [item.text], "language": [item.language], "max_new_tokens": max_new_tokens_for([item.text], options)}
+                kwargs = {
+                    "text": [item.text],
+                    "language": [item.language],
+                    "max_new_tokens": max_new_tokens_for([item.text], options),
+                }
                 with quiet_transformers():
                     torch.manual_seed(options.seed)
                     if args.mode == "design":
@@ -134,10 +151,14 @@ def main() -> None:
     rows = []
     for name, wavs, seconds in (("ours", ours, ours_s), ("one-by-one", single, single_s)):
         audio_s = sum(w.size for w in wavs) / rate
-        rows.append((name, cell(seconds, 2), cell(len(wavs) / seconds, 2), cell(audio_s / seconds, 2), cell(audio_s, 1)))
-    print(f"\nQwen3-TTS {args.mode} ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
-          f"{args.lines} lines of {min(map(len, texts))}-{max(map(len, texts))} characters, batch {args.batch_size}, "
-          f"{args.frames_per_char} frames per character")  # fmt: skip
+        rows.append(
+            (name, cell(seconds, 2), cell(len(wavs) / seconds, 2), cell(audio_s / seconds, 2), cell(audio_s, 1))
+        )
+    print(
+        f"\nQwen3-TTS {args.mode} ({args.size}, random weights), {args.device}, {args.threads} thread(s), "
+        f"{args.lines} lines of {min(map(len, texts))}-{max(map(len, texts))} characters, batch {args.batch_size}, "
+        f"{args.frames_per_char} frames per character"
+    )
     header = ("method", "wall s", "lines/s", "audio s/s", "audio s")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:

@@ -41,9 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import MB, speech  # noqa: E402
 
-SPEECH = ("diar_2spk_pyannote/sample.wav", "asr_en_jfk/jfk.flac", "sep_2spk_mixture/mixture_2.wav",
-          "clone_ref_lj/LJ050-0131.wav", "denoise_babble/speech.wav")  # speech only  # fmt: skip
-
+SPEECH = (
+    "diar_2spk_pyannote/sample.wav",
+    "asr_en_jfk/jfk.flac",
+    "sep_2spk_mixture/mixture_2.wav",
+    "clone_ref_lj/LJ050-0131.wav",
+    "denoise_babble/speech.wav",
+)  # speech only
 
 
 def _count_windows(model) -> list[int]:
@@ -78,24 +82,58 @@ def worker(args: argparse.Namespace) -> None:
         result = transcribe_speech(model, vad, samples, options)
         segments, words = len(result.segments), len(result.words)
     else:
-        result = whisper.transcribe(model, samples, temperature=0.0, condition_on_previous_text=False,
-                                    word_timestamps=True, language="en", compression_ratio_threshold=None,
-                                    logprob_threshold=None, no_speech_threshold=None,
-                                    fp16=args.device == "cuda", sample_len=args.max_tokens)  # fmt: skip
+        result = whisper.transcribe(
+            model,
+            samples,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            word_timestamps=True,
+            language="en",
+            compression_ratio_threshold=None,
+            logprob_threshold=None,
+            no_speech_threshold=None,
+            fp16=args.device == "cuda",
+            sample_len=args.max_tokens,
+        )
         kept = [s for s in result["segments"] if s["text"].strip()]
         segments, words = len(kept), sum(len(s["words"]) for s in kept)
     if args.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak_cuda = torch.cuda.max_memory_allocated() / MB if args.device == "cuda" else None
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_cuda_mb": peak_cuda, "encoded_windows": encoded[0], "segments": segments, "words": words}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_cuda_mb": peak_cuda,
+                "encoded_windows": encoded[0],
+                "segments": segments,
+                "words": words,
+            }
+        )
+    )
 
 
 def run_worker(kind: str, minutes: float, model_dir: str, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", kind, "--minutes", str(minutes), "--model-dir", model_dir,
-               "--device", args.device, "--threads", str(args.threads), "--max-tokens", str(args.max_tokens),
-               "--batch-size", str(args.batch_size)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--minutes",
+        str(minutes),
+        "--model-dir",
+        model_dir,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -118,18 +156,36 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as model_dir:
         build("whisper", model_dir, args.size)
-        print(f"whisper turbo ({args.size}, random weights) on {args.device}, {args.threads} thread(s), "
-              f"{args.max_tokens} tokens per window, our batch {args.batch_size}")  # fmt: skip
-        header = ["minutes", "ours s", "upstream s", "ratio", "ours RSS MB", "upstream RSS MB", "ours windows encoded", "upstream windows encoded"]
+        print(
+            f"whisper turbo ({args.size}, random weights) on {args.device}, {args.threads} thread(s), "
+            f"{args.max_tokens} tokens per window, our batch {args.batch_size}"
+        )
+        header = [
+            "minutes",
+            "ours s",
+            "upstream s",
+            "ratio",
+            "ours RSS MB",
+            "upstream RSS MB",
+            "ours windows encoded",
+            "upstream windows encoded",
+        ]
         if args.device == "cuda":
             header += ["ours CUDA MB", "upstream CUDA MB"]
         print(" | ".join(header))
         for minutes in args.minutes:
             ours = run_worker("ours", minutes, model_dir, args)
             upstream = run_worker("upstream", minutes, model_dir, args)
-            row = [f"{minutes:g}", f"{ours['seconds']:.1f}", f"{upstream['seconds']:.1f}",
-                   f"{upstream['seconds'] / ours['seconds']:.2f}", f"{ours['peak_rss_mb']:.0f}",
-                   f"{upstream['peak_rss_mb']:.0f}", str(ours["encoded_windows"]), str(upstream["encoded_windows"])]  # fmt: skip
+            row = [
+                f"{minutes:g}",
+                f"{ours['seconds']:.1f}",
+                f"{upstream['seconds']:.1f}",
+                f"{upstream['seconds'] / ours['seconds']:.2f}",
+                f"{ours['peak_rss_mb']:.0f}",
+                f"{upstream['peak_rss_mb']:.0f}",
+                str(ours["encoded_windows"]),
+                str(upstream["encoded_windows"]),
+            ]
             if args.device == "cuda":
                 row += [f"{ours['peak_cuda_mb']:.0f}", f"{upstream['peak_cuda_mb']:.0f}"]
             print(" | ".join(row), flush=True)

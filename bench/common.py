@@ -8,8 +8,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "data" / "corpus"
-SPEECH = ("diar_2spk_pyannote/sample.wav", "asr_en_jfk/jfk.flac", "sep_2spk_mixture/mixture_2.wav",
-          "clone_ref_lj/LJ050-0131.wav", "denoise_babble/speech_bab_0dB.wav", "music_vocals_mp3/audio_example.mp3")  # fmt: skip
+SPEECH = (
+    "diar_2spk_pyannote/sample.wav",
+    "asr_en_jfk/jfk.flac",
+    "sep_2spk_mixture/mixture_2.wav",
+    "clone_ref_lj/LJ050-0131.wav",
+    "denoise_babble/speech_bab_0dB.wav",
+    "music_vocals_mp3/audio_example.mp3",
+)
 RATE_HZ = 16_000
 MB = 2**20
 

@@ -49,8 +49,9 @@ class VoxflowResults(WritableFileSystem):
         location = settings.location
         if parse_location(location).scheme == "file":
             location = parse_location(location).path
-        return cls(location=location, endpoint_url=settings.endpoint_url, region=settings.region,
-                   storage_block=storage_block)  # fmt: skip
+        return cls(
+            location=location, endpoint_url=settings.endpoint_url, region=settings.region, storage_block=storage_block
+        )
 
     def block_name(self) -> str:
         identity = f"{self.location}|{self.endpoint_url}|{self.region}|{self.storage_block}"

@@ -7,7 +7,8 @@ one runs again, and a file that failed for a reason that may heal (a timeout, a 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -18,7 +19,15 @@ from pydantic import Field
 from voxflow.flows import lipsync_features, separate, transcribe  # noqa: F401  (each registers its per-file pipeline)
 from voxflow.flows.environment import environment
 from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from voxflow.flows.pipelines import PIPELINES, FileOutcome, FilePipeline, FilesFailed, RunReport, processed_rows, run_files
+from voxflow.flows.pipelines import (
+    PIPELINES,
+    FileOutcome,
+    FilePipeline,
+    FilesFailed,
+    RunReport,
+    processed_rows,
+    run_files,
+)
 from voxflow.flows.reporting import Progress, publish_table
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.sources import SourceEntry, list_sources
@@ -29,8 +38,9 @@ PipelineName = Literal["ingest", "transcribe", "separate", "lipsync_features"]  
 SCHEDULE_CRON = "*/10 * * * *"  # the deployment's default: every 10 minutes
 
 
-def unprocessed(catalog: Catalog, pipeline: FilePipeline, options: Any,
-                entries: Sequence[SourceEntry]) -> tuple[list[SourceEntry], list[SourceEntry]]:  # fmt: skip
+def unprocessed(
+    catalog: Catalog, pipeline: FilePipeline, options: Any, entries: Sequence[SourceEntry]
+) -> tuple[list[SourceEntry], list[SourceEntry]]:
     """Split listed files into (to run, already processed with these options and unchanged)."""
     frame = catalog.frame("processed")
     if len(frame):
@@ -47,8 +57,9 @@ def _final_state(report: RunReport) -> State | RunReport:
     if not report.failed:
         return Completed(message=report.summary(), data=report)
     partial = len(report.failed) < len(report.outcomes)
-    return Failed(name="Partially failed" if partial else "Failed", message=report.state_message(),
-                  data=FilesFailed(report))  # fmt: skip
+    return Failed(
+        name="Partially failed" if partial else "Failed", message=report.state_message(), data=FilesFailed(report)
+    )
 
 
 @flow(name="ingest-folder", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

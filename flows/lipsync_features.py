@@ -15,7 +15,8 @@ from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
 from voxflow.tasks import ingest, lipsync
 from voxflow.tasks.ingest import IngestOptions, ingest_file
-from voxflow.tasks.lipsync import LipsyncOptions, lipsync_features as features_task
+from voxflow.tasks.lipsync import LipsyncOptions
+from voxflow.tasks.lipsync import lipsync_features as features_task
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,15 @@ def submit_lipsync(source_uri: str, options: LipsyncFlowOptions, env: Environmen
     return {"ingest": speech, lipsync.STAGE: env.stage(features_task).submit(speech, options.features, env.settings)}
 
 
-LIPSYNC = register(FilePipeline(
-    "lipsync_features", (ingest.STAGE, lipsync.STAGE), LipsyncFlowOptions, submit_lipsync,
-    version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{lipsync.STAGE}:{lipsync.CODE_VERSION}",
-))  # fmt: skip
+LIPSYNC = register(
+    FilePipeline(
+        "lipsync_features",
+        (ingest.STAGE, lipsync.STAGE),
+        LipsyncFlowOptions,
+        submit_lipsync,
+        version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{lipsync.STAGE}:{lipsync.CODE_VERSION}",
+    )
+)
 
 
 @flow(name="lipsync-features", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

@@ -8,8 +8,9 @@ tasks are submitted straight to the flow's task runner, at most ``parallel_files
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from prefect.futures import PrefectFuture, as_completed
 from pydantic import TypeAdapter, ValidationError
@@ -41,8 +42,11 @@ class FilePipeline:
         try:
             return TypeAdapter(self.options_type).validate_python(params or {})
         except (ValidationError, ValueError, TypeError) as e:
-            reason = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()) \
-                if isinstance(e, ValidationError) else str(e)  # fmt: skip
+            reason = (
+                "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                if isinstance(e, ValidationError)
+                else str(e)
+            )
             raise ValueError(f"invalid parameters for the {self.name!r} flow: {reason}") from None
 
     def params_hash(self, options: Any) -> str:
@@ -132,8 +136,13 @@ class FilesFailed(Exception):
 
 def failed_outcome(source_uri: str, error: BaseException, stage: str | None = None) -> FileOutcome:
     """A failed file: the stage it failed in and the reason, in words a user can act on."""
-    return FileOutcome(source_uri, "failed", error=failure_reason(error), transient=is_transient(error),
-                       failed_stage=failed_stage(error) or stage)  # fmt: skip
+    return FileOutcome(
+        source_uri,
+        "failed",
+        error=failure_reason(error),
+        transient=is_transient(error),
+        failed_stage=failed_stage(error) or stage,
+    )
 
 
 def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutcome:
@@ -149,8 +158,14 @@ def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutc
     return FileOutcome(source_uri, "done" if computed else "cached", last.result(), stages=computed)
 
 
-def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env: Environment,
-              parallel_files: int, progress: Progress) -> list[FileOutcome]:  # fmt: skip
+def run_files(
+    pipeline: FilePipeline,
+    sources: Sequence[str],
+    options: Any,
+    env: Environment,
+    parallel_files: int,
+    progress: Progress,
+) -> list[FileOutcome]:
     """Run the pipeline on every source, at most ``parallel_files`` at a time, isolating failures."""
     pending = list(sources)[::-1]
     running: dict[PrefectFuture, tuple[str, dict[str, PrefectFuture]]] = {}
@@ -180,8 +195,13 @@ def run_files(pipeline: FilePipeline, sources: Sequence[str], options: Any, env:
     return [outcomes[s] for s in sources]
 
 
-def processed_rows(pipeline: FilePipeline, options: Any, entries: Sequence[SourceEntry],
-                   outcomes: Sequence[FileOutcome], flow_run_id: str | None) -> list[dict]:  # fmt: skip
+def processed_rows(
+    pipeline: FilePipeline,
+    options: Any,
+    entries: Sequence[SourceEntry],
+    outcomes: Sequence[FileOutcome],
+    flow_run_id: str | None,
+) -> list[dict]:
     """``processed`` catalog rows for the files that ran (not the skipped ones)."""
     by_uri = {e.uri: e for e in entries}
     rows = []
@@ -189,24 +209,32 @@ def processed_rows(pipeline: FilePipeline, options: Any, entries: Sequence[Sourc
         if outcome.status == "skipped":
             continue
         entry = by_uri[outcome.source_uri]
-        rows.append({
-            "pipeline": pipeline.name,
-            "params_hash": pipeline.params_hash(options),
-            "source_uri": entry.uri,
-            "source_version": entry.version,
-            "size_bytes": entry.size_bytes,
-            "status": outcome.status,
-            "transient": outcome.transient,
-            "source_sha256": getattr(outcome.result, "source_sha256", None),
-            "outputs": json.dumps(outcome.outputs),
-            "error_message": ": ".join(p for p in (outcome.failed_stage, outcome.error) if p) or None,
-            "flow_run_id": flow_run_id,
-        })  # fmt: skip
+        rows.append(
+            {
+                "pipeline": pipeline.name,
+                "params_hash": pipeline.params_hash(options),
+                "source_uri": entry.uri,
+                "source_version": entry.version,
+                "size_bytes": entry.size_bytes,
+                "status": outcome.status,
+                "transient": outcome.transient,
+                "source_sha256": getattr(outcome.result, "source_sha256", None),
+                "outputs": json.dumps(outcome.outputs),
+                "error_message": ": ".join(p for p in (outcome.failed_stage, outcome.error) if p) or None,
+                "flow_run_id": flow_run_id,
+            }
+        )
     return rows
 
 
-def run_pipeline(pipeline: FilePipeline, paths: Sequence[str], options: Any, parallel_files: int,
-                 storage_block: str | None, models_block: str | None = None) -> RunReport:  # fmt: skip
+def run_pipeline(
+    pipeline: FilePipeline,
+    paths: Sequence[str],
+    options: Any,
+    parallel_files: int,
+    storage_block: str | None,
+    models_block: str | None = None,
+) -> RunReport:
     """A flow's body over many files: choose the environment, list the files, run each, publish.
 
     Raises :class:`FilesFailed` (carrying the report) when any file failed.

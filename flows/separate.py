@@ -13,7 +13,8 @@ from pydantic import Field
 from voxflow.flows.environment import Environment
 from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from voxflow.tasks import ingest, separate as separation
+from voxflow.tasks import ingest
+from voxflow.tasks import separate as separation
 from voxflow.tasks.ingest import IngestOptions, ingest_file
 from voxflow.tasks.separate import SeparateOptions, separate_audio
 
@@ -29,13 +30,21 @@ class SeparateFlowOptions:
 def submit_separate(source_uri: str, options: SeparateFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain: 1. ingest, 2. separate."""
     mix = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
-    return {"ingest": mix, "separate": env.stage(separate_audio).submit(mix, options.separate, env.settings, env.models)}
+    return {
+        "ingest": mix,
+        "separate": env.stage(separate_audio).submit(mix, options.separate, env.settings, env.models),
+    }
 
 
-SEPARATE = register(FilePipeline(
-    "separate", (ingest.STAGE, separation.STAGE), SeparateFlowOptions, submit_separate,
-    version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{separation.STAGE}:{separation.CODE_VERSION}",
-))  # fmt: skip
+SEPARATE = register(
+    FilePipeline(
+        "separate",
+        (ingest.STAGE, separation.STAGE),
+        SeparateFlowOptions,
+        submit_separate,
+        version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{separation.STAGE}:{separation.CODE_VERSION}",
+    )
+)
 
 
 @flow(name="separate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

@@ -11,8 +11,9 @@ run with the same reference and model reuses that prompt::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 from prefect import task
 from prefect.context import FlowRunContext
@@ -30,8 +31,8 @@ from voxflow.tasks.synthesize import (
     ReferenceText,
     SynthesisItem,
     SynthesisRequest,
-    SynthesizeOptions,
     SynthesizedLine,
+    SynthesizeOptions,
     clone_prompt,
     synthesize_lines,
 )
@@ -44,11 +45,24 @@ REFERENCE_INGEST = IngestOptions(sample_rate_hz=None)  # the reference at its ow
 class SpeechOptions:
     """The three switches of the synthesis flows, and the options of every step they run."""
 
-    run_pre_processing: Annotated[bool, Field(description="Clean the reference first: denoise, 16 kHz, loudness, trim silence.")] = True
+    run_pre_processing: Annotated[
+        bool, Field(description="Clean the reference first: denoise, 16 kHz, loudness, trim silence.")
+    ] = True
     run_post_processing: Annotated[bool, Field(description="Denoise the generated speech.")] = True
-    run_upsampling: Annotated[bool, Field(description="Learned 16 → 48 kHz super-resolution (off: plain resampling).")] = True
-    output_rate_hz: Annotated[int, Field(ge=8000, le=192000, description="Rate of the WAVs written (the model's own rate, 24000, skips enhancement when both switches above are off).")] = 48000
-    consent_note: Annotated[str | None, Field(description="Consent of the voice's owner, recorded with every line.")] = None
+    run_upsampling: Annotated[
+        bool, Field(description="Learned 16 → 48 kHz super-resolution (off: plain resampling).")
+    ] = True
+    output_rate_hz: Annotated[
+        int,
+        Field(
+            ge=8000,
+            le=192000,
+            description="Rate of the WAVs written (the model's own rate, 24000, skips enhancement when both switches above are off).",
+        ),
+    ] = 48000
+    consent_note: Annotated[
+        str | None, Field(description="Consent of the voice's owner, recorded with every line.")
+    ] = None
     synthesize: SynthesizeOptions = field(default_factory=SynthesizeOptions)
     reference: ReferenceOptions = field(default_factory=ReferenceOptions)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
@@ -64,8 +78,12 @@ class SpeechOptions:
 
     def enhance_options(self) -> EnhanceOptions | None:
         """The post-chain of each line (None: the line is written at the model's rate as it is)."""
-        options = replace(self.enhance, denoise=self.run_post_processing, upsample=self.run_upsampling,
-                          output_rate_hz=self.output_rate_hz)  # fmt: skip
+        options = replace(
+            self.enhance,
+            denoise=self.run_post_processing,
+            upsample=self.run_upsampling,
+            output_rate_hz=self.output_rate_hz,
+        )
         return None if not (options.denoise or options.upsample) and self.output_rate_hz == NATIVE_RATE_HZ else options
 
 
@@ -87,9 +105,16 @@ class LineOutcome:
     synthesis_id: str
 
     def row(self) -> dict:
-        return {"line": self.index, "text": self.text if len(self.text) <= 48 else self.text[:45] + "...",
-                "duration_s": round(self.duration_s, 2), "rate_hz": self.sample_rate_hz, "seed": self.seed,
-                "attempts": self.attempts, "quality": ", ".join(self.issues) or "ok", "wav": self.uri}  # fmt: skip
+        return {
+            "line": self.index,
+            "text": self.text if len(self.text) <= 48 else self.text[:45] + "...",
+            "duration_s": round(self.duration_s, 2),
+            "rate_hz": self.sample_rate_hz,
+            "seed": self.seed,
+            "attempts": self.attempts,
+            "quality": ", ".join(self.issues) or "ok",
+            "wav": self.uri,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,8 +164,13 @@ class Voice:
             future.result()
 
 
-def speak(request: SynthesisRequest, voice: Voice | None, options: SpeechOptions, env: Environment,
-          futures: dict[str, PrefectFuture]) -> PrefectFuture:  # fmt: skip
+def speak(
+    request: SynthesisRequest,
+    voice: Voice | None,
+    options: SpeechOptions,
+    env: Environment,
+    futures: dict[str, PrefectFuture],
+) -> PrefectFuture:
     """Step 5: submit the request's lines for synthesis in batches, once its voice is ready."""
     prompt = None
     if voice is not None:
@@ -151,8 +181,9 @@ def speak(request: SynthesisRequest, voice: Voice | None, options: SpeechOptions
     return speech
 
 
-def enhance_lines(speech: PrefectFuture, options: SpeechOptions, env: Environment,
-                  futures: dict[str, PrefectFuture]) -> list[tuple[SynthesizedLine, Any]]:  # fmt: skip
+def enhance_lines(
+    speech: PrefectFuture, options: SpeechOptions, env: Environment, futures: dict[str, PrefectFuture]
+) -> list[tuple[SynthesizedLine, Any]]:
     """Step 6: finish each synthesized line; (line, final) pairs.
 
     ``final`` is the enhanced line's result, or the line's own 24 kHz artifact when nothing is enhanced.
@@ -172,26 +203,46 @@ def synthesis_id(line: SynthesizedLine, final_sha256: str) -> str:
     return hashlib.sha256(f"{line.artifact.sha256}:{final_sha256}".encode()).hexdigest()
 
 
-def synthesis_rows(finished: Sequence[tuple[SynthesizedLine, Any]], voice_sources: Sequence[str | None],
-                   options: SpeechOptions, flow_run_id: str | None) -> list[dict]:  # fmt: skip
+def synthesis_rows(
+    finished: Sequence[tuple[SynthesizedLine, Any]],
+    voice_sources: Sequence[str | None],
+    options: SpeechOptions,
+    flow_run_id: str | None,
+) -> list[dict]:
     """The ``syntheses`` rows of finished lines (provenance: synthetic, each voice's source, consent)."""
     rows = []
     for (line, final), voice_source in zip(finished, voice_sources, strict=True):
         ref = getattr(final, "artifact", final)
         steps = getattr(final, "steps", ())
-        rows.append({
-            "synthesis_id": synthesis_id(line, ref.sha256),
-            "text": line.text, "mode": line.mode, "language": line.language, "speaker": line.speaker,
-            "voice_description": line.voice_description, "instruction": line.instruction,
-            "voice_source_sha256": line.voice_source_sha256, "voice_source": voice_source if line.mode == "clone" else None,
-            "model_id": line.model, "model_revision": line.model_revision, "seed": line.seed,
-            "duration_s": ref.duration_s, "sample_rate_hz": ref.sample_rate_hz,
-            "real_time_factor": line.real_time_factor,
-            "artifact_uri": ref.uri, "artifact_sha256": ref.sha256, "native_artifact_uri": line.artifact.uri,
-            "enhancement": ",".join(steps) or None,
-            "attempts": line.attempts, "quality_ok": not line.issues, "quality_issues": ",".join(line.issues) or None,
-            "synthetic": True, "consent_note": options.consent_note, "flow_run_id": flow_run_id,
-        })  # fmt: skip
+        rows.append(
+            {
+                "synthesis_id": synthesis_id(line, ref.sha256),
+                "text": line.text,
+                "mode": line.mode,
+                "language": line.language,
+                "speaker": line.speaker,
+                "voice_description": line.voice_description,
+                "instruction": line.instruction,
+                "voice_source_sha256": line.voice_source_sha256,
+                "voice_source": voice_source if line.mode == "clone" else None,
+                "model_id": line.model,
+                "model_revision": line.model_revision,
+                "seed": line.seed,
+                "duration_s": ref.duration_s,
+                "sample_rate_hz": ref.sample_rate_hz,
+                "real_time_factor": line.real_time_factor,
+                "artifact_uri": ref.uri,
+                "artifact_sha256": ref.sha256,
+                "native_artifact_uri": line.artifact.uri,
+                "enhancement": ",".join(steps) or None,
+                "attempts": line.attempts,
+                "quality_ok": not line.issues,
+                "quality_issues": ",".join(line.issues) or None,
+                "synthetic": True,
+                "consent_note": options.consent_note,
+                "flow_run_id": flow_run_id,
+            }
+        )
     return rows
 
 
@@ -202,16 +253,31 @@ def record_syntheses(rows: list[dict], settings: Any) -> int:
     return len(rows)
 
 
-def finish(finished: list[tuple[SynthesizedLine, Any]], voice_sources: Sequence[str | None], options: SpeechOptions,
-           env: Environment, futures: dict[str, PrefectFuture], name: str) -> SynthesisReport:  # fmt: skip
+def finish(
+    finished: list[tuple[SynthesizedLine, Any]],
+    voice_sources: Sequence[str | None],
+    options: SpeechOptions,
+    env: Environment,
+    futures: dict[str, PrefectFuture],
+    name: str,
+) -> SynthesisReport:
     """Step 7: record the rows, publish the summary table and return the report."""
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
     rows = synthesis_rows(finished, voice_sources, options, flow_run_id)
     record_syntheses(rows, env.settings)
     outcomes = [
-        LineOutcome(i, line.text, row["artifact_uri"], row["duration_s"] or 0.0, row["sample_rate_hz"], line.seed,
-                    line.attempts, tuple(line.issues), row["synthesis_id"])  # fmt: skip
+        LineOutcome(
+            i,
+            line.text,
+            row["artifact_uri"],
+            row["duration_s"] or 0.0,
+            row["sample_rate_hz"],
+            line.seed,
+            line.attempts,
+            tuple(line.issues),
+            row["synthesis_id"],
+        )
         for i, ((line, _), row) in enumerate(zip(finished, rows))
     ]
     computed = tuple(dict.fromkeys(stage.split(":")[0] for stage, f in futures.items() if f.state.name != "Cached"))

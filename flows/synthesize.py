@@ -27,16 +27,27 @@ class SpeechItem:
     """One line to speak, and whose voice speaks it."""
 
     text: Annotated[str, Field(min_length=1, description="What to say.")]
-    language: Annotated[str | None, Field(description="Its language (e.g. English) or auto; empty: the flow's language.")] = None
+    language: Annotated[
+        str | None, Field(description="Its language (e.g. English) or auto; empty: the flow's language.")
+    ] = None
     speaker: Annotated[str | None, Field(description="custom: a built-in speaker, e.g. Vivian or Ryan.")] = None
     instruction: Annotated[str | None, Field(description="custom: how to say it, e.g. 'whisper, slowly'.")] = None
-    voice_description: Annotated[str | None, Field(description="design: the voice, e.g. 'a warm low male voice'.")] = None
+    voice_description: Annotated[str | None, Field(description="design: the voice, e.g. 'a warm low male voice'.")] = (
+        None
+    )
     reference: Annotated[str | None, Field(description="clone: the voice's recording (file or s3:// URI).")] = None
-    reference_transcript: Annotated[str | None, Field(description="clone: what the recording says; empty: transcribed.")] = None
+    reference_transcript: Annotated[
+        str | None, Field(description="clone: what the recording says; empty: transcribed.")
+    ] = None
 
     def item(self, language: str) -> SynthesisItem:
-        return SynthesisItem(text=self.text, language=self.language or language, speaker=self.speaker,
-                             instruction=self.instruction, voice_description=self.voice_description)  # fmt: skip
+        return SynthesisItem(
+            text=self.text,
+            language=self.language or language,
+            speaker=self.speaker,
+            instruction=self.instruction,
+            voice_description=self.voice_description,
+        )
 
 
 def check_items(mode: Mode, items: list[SpeechItem]) -> None:
@@ -77,9 +88,11 @@ def synthesize(
     for key, voice in voices.items():
         futures.update({f"{stage}:{key[0]}": f for stage, f in (voice.futures if voice else {}).items()})
     speeches = {  # 5. each group's lines as soon as its voice is ready (groups run side by side)
-        key: speak(SynthesisRequest(mode, tuple(items[i].item(language) for i in indices)), voices[key], options, env, futures)
+        key: speak(
+            SynthesisRequest(mode, tuple(items[i].item(language) for i in indices)), voices[key], options, env, futures
+        )
         for key, indices in groups.items()
-    }  # fmt: skip
+    }
     finished: dict[int, tuple] = {}
     for key, indices in groups.items():  # 6. finish each line
         finished.update(zip(indices, enhance_lines(speeches[key], options, env, futures)))

@@ -13,12 +13,14 @@ from pydantic import Field
 from voxflow.flows.environment import Environment
 from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from voxflow.tasks import denoise, diarize, ingest, separate, transcribe as transcription
+from voxflow.tasks import denoise, diarize, ingest, separate
+from voxflow.tasks import transcribe as transcription
 from voxflow.tasks.denoise import DenoiseOptions, denoise_audio
 from voxflow.tasks.diarize import DiarizeOptions, diarize_audio
 from voxflow.tasks.ingest import IngestOptions, ingest_file
 from voxflow.tasks.separate import SeparateOptions, separate_audio
 from voxflow.tasks.transcribe import TranscribeOptions, transcribe_audio
+
 
 @dataclass(frozen=True)
 class TranscribeFlowOptions:
@@ -28,7 +30,8 @@ class TranscribeFlowOptions:
     run_denoise: Annotated[bool, Field(description="Remove background noise before diarization.")] = False
     run_diarize: Annotated[bool, Field(description="Label speakers (else every segment is unlabelled).")] = True
     ingest: Annotated[
-        IngestOptions | None, Field(description="Working audio; empty: 16 kHz mono, or the source's rate when separating.")
+        IngestOptions | None,
+        Field(description="Working audio; empty: 16 kHz mono, or the source's rate when separating."),
     ] = None
     separate: SeparateOptions = field(default_factory=SeparateOptions)
     denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
@@ -44,7 +47,9 @@ def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Envi
     futures = {"ingest": env.stage(ingest_file).submit(source_uri, options.ingest_options(), env.settings)}  # 1
     audio = futures["ingest"]
     if options.run_separate:  # 2. the vocals, without music and effects
-        audio = futures["separate"] = env.stage(separate_audio).submit(audio, options.separate, env.settings, env.models)
+        audio = futures["separate"] = env.stage(separate_audio).submit(
+            audio, options.separate, env.settings, env.models
+        )
     if options.run_denoise:  # 3. the speech, without noise
         audio = futures["denoise"] = env.stage(denoise_audio).submit(audio, options.denoise, env.settings, env.models)
     turns = None
@@ -57,10 +62,15 @@ def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Envi
 
 
 STAGES = (ingest.STAGE, separate.STAGE, denoise.STAGE, diarize.STAGE, transcription.STAGE)
-TRANSCRIBE = register(FilePipeline(
-    "transcribe", STAGES, TranscribeFlowOptions, submit_transcribe,
-    version=",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in (ingest, separate, denoise, diarize, transcription)),
-))  # fmt: skip
+TRANSCRIBE = register(
+    FilePipeline(
+        "transcribe",
+        STAGES,
+        TranscribeFlowOptions,
+        submit_transcribe,
+        version=",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in (ingest, separate, denoise, diarize, transcription)),
+    )
+)
 
 
 @flow(name="transcribe", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))

@@ -10,9 +10,10 @@ retried write never doubles a row. The same files read with pandas, ``pyarrow.da
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
@@ -205,9 +206,7 @@ PROCESSED = TableSpec(
     ("pipeline", "params_hash", "source_uri", "source_version"),
 )
 
-TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (FILES, ARTIFACTS, SEGMENTS, SYNTHESES, STAGE_RUNS, PROCESSED)
-}
+TABLES: dict[str, TableSpec] = {t.name: t for t in (FILES, ARTIFACTS, SEGMENTS, SYNTHESES, STAGE_RUNS, PROCESSED)}
 
 
 def table_spec(name: str) -> TableSpec:
@@ -219,7 +218,7 @@ def table_spec(name: str) -> TableSpec:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def deduplicate(table: pa.Table, primary_key: Iterable[str]) -> pa.Table:

@@ -9,9 +9,9 @@ unless a storage Block supplies them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_HOME = ".voxflow"
 

@@ -8,9 +8,9 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from voxflow.storage.errors import ObjectNotFound
 from voxflow.storage.keys import file_uri, parse_location
@@ -81,7 +81,7 @@ def list_sources(
             entries = [
                 SourceEntry(f"s3://{location.bucket}/{key}", size, f"etag:{etag}")
                 for key, size, etag in store.iter_objects(prefix)
-                if _wanted(key[len(prefix):], extensions, pattern)
+                if _wanted(key[len(prefix) :], extensions, pattern)
             ]
             if not entries:
                 raise FileNotFoundError(f"{path}: no such object, and no matching audio files under that prefix")
@@ -90,9 +90,10 @@ def list_sources(
         local = Path(location.path)
         if local.is_dir():
             files = sorted(
-                p for p in local.rglob("*")
+                p
+                for p in local.rglob("*")
                 if p.is_file() and _wanted(p.relative_to(local).as_posix(), extensions, pattern)
-            )  # fmt: skip
+            )
             found.update((e.uri, e) for e in map(_local_entry, files))
         elif local.exists():
             entry = _local_entry(local)
@@ -102,9 +103,7 @@ def list_sources(
     return list(found.values())
 
 
-def expand_sources(
-    paths: Iterable[str], settings: StoreSettings, extensions: Iterable[str] | None = None
-) -> list[str]:
+def expand_sources(paths: Iterable[str], settings: StoreSettings, extensions: Iterable[str] | None = None) -> list[str]:
     """The URIs of :func:`list_sources`."""
     return [entry.uri for entry in list_sources(paths, settings, extensions)]
 

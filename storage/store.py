@@ -18,10 +18,11 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from voxflow.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError, TransientStorageError
 from voxflow.storage.keys import Location, check_key, parse_location
@@ -236,7 +237,7 @@ class S3Store(ArtifactStore):
 
     def key_of(self, uri: str) -> str | None:
         root = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
-        return uri[len(root):] if uri.startswith(root) else None
+        return uri[len(root) :] if uri.startswith(root) else None
 
     def _error(self, key: str, action: str, e: Exception, uri: str | None = None) -> StorageError:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -32,9 +32,10 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import Field
@@ -43,12 +44,12 @@ from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import (
-    holding,
     MODEL_DIR_ENV,
     RESIDENT,
     ModelNotFound,
     ModelSettings,
     ModelSource,
+    holding,
     register_model_source,
 )
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
@@ -72,12 +73,26 @@ RESAMPLE_ZEROS = 56  # half-width of denoiser.resample's sinc filters, in sample
 class DenoiseOptions:
     """Which denoiser runs, how much of the input is kept, and how a long file is cut into chunks."""
 
-    model: Annotated[str, Field(min_length=1, description="dns48, dns64, master64, or <name> of a <model dir>/denoiser/<name>.th.")] = DEFAULT_MODEL
-    dry: Annotated[float, Field(ge=0, le=1, description="Share of the input mixed back in: 0 fully denoised, 1 the input unchanged.")] = 0.0
+    model: Annotated[
+        str, Field(min_length=1, description="dns48, dns64, master64, or <name> of a <model dir>/denoiser/<name>.th.")
+    ] = DEFAULT_MODEL
+    dry: Annotated[
+        float,
+        Field(ge=0, le=1, description="Share of the input mixed back in: 0 fully denoised, 1 the input unchanged."),
+    ] = 0.0
     chunk_s: Annotated[float, Field(gt=0, le=600, description="Audio the model sees at once; bounds memory.")] = 10.0
-    overlap_s: Annotated[float, Field(gt=0, description="Audio neighbouring chunks share: the model's warm-up, the cross-fade and its lookahead.")] = 1.0
-    crossfade_s: Annotated[float, Field(gt=0, description="Raised-cosine cross-fade between neighbouring chunks, inside the overlap.")] = 0.1
-    batch_size: Annotated[int, Field(ge=1, le=256, description="Chunks per forward pass on the device (halved on out-of-memory).")] = 4
+    overlap_s: Annotated[
+        float,
+        Field(
+            gt=0, description="Audio neighbouring chunks share: the model's warm-up, the cross-fade and its lookahead."
+        ),
+    ] = 1.0
+    crossfade_s: Annotated[
+        float, Field(gt=0, description="Raised-cosine cross-fade between neighbouring chunks, inside the overlap.")
+    ] = 0.1
+    batch_size: Annotated[
+        int, Field(ge=1, le=256, description="Chunks per forward pass on the device (halved on out-of-memory).")
+    ] = 4
 
     def __post_init__(self) -> None:
         if not self.model or "/" in self.model or "\\" in self.model or self.model.startswith("."):
@@ -87,11 +102,17 @@ class DenoiseOptions:
         if not 0.0 < self.chunk_s <= 600.0:
             raise ValueError(f"chunk_s must be in (0, 600], got {self.chunk_s}")
         if not 0.0 < self.overlap_s < self.chunk_s:
-            raise ValueError(f"overlap_s must be positive and shorter than chunk_s ({self.chunk_s}), got {self.overlap_s}")
+            raise ValueError(
+                f"overlap_s must be positive and shorter than chunk_s ({self.chunk_s}), got {self.overlap_s}"
+            )
         if not 0.0 < self.crossfade_s < self.overlap_s:
-            raise ValueError(f"crossfade_s must be positive and shorter than overlap_s ({self.overlap_s}), got {self.crossfade_s}")
+            raise ValueError(
+                f"crossfade_s must be positive and shorter than overlap_s ({self.overlap_s}), got {self.crossfade_s}"
+            )
         if self.crossfade_s > self.chunk_s - self.overlap_s:
-            raise ValueError(f"crossfade_s ({self.crossfade_s}) must not exceed chunk_s - overlap_s ({self.chunk_s - self.overlap_s:g})")
+            raise ValueError(
+                f"crossfade_s ({self.crossfade_s}) must not exceed chunk_s - overlap_s ({self.chunk_s - self.overlap_s:g})"
+            )
         if not 1 <= self.batch_size <= 256:
             raise ValueError(f"batch_size must be between 1 and 256, got {self.batch_size}")
 
@@ -141,8 +162,10 @@ def _read_package(path: Path) -> Demucs:
         with torch.serialization.safe_globals([Demucs]):
             return pretrained.get_model(argparse.Namespace(model_path=str(path)))
     except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError) as e:
-        raise ModelNotFound(f"cannot load denoiser model {path}: {str(e).splitlines()[0]}; it must be a package "
-                            "written by 'voxflow models pull' (class, args, kwargs, state)") from e  # fmt: skip
+        raise ModelNotFound(
+            f"cannot load denoiser model {path}: {str(e).splitlines()[0]}; it must be a package "
+            "written by 'voxflow models pull' (class, args, kwargs, state)"
+        ) from e
 
 
 def _download(name: str, folder: Path | None = None) -> Demucs:
@@ -155,17 +178,22 @@ def _download(name: str, folder: Path | None = None) -> Demucs:
 
     if name not in PRETRAINED:
         where = f"no {folder / LIBRARY / f'{name}.th'}" if folder else f"{MODEL_DIR_ENV} is not set"
-        raise ModelNotFound(f"denoiser model {name!r} is not in the model folder ({where}) and is not a pretrained "
-                            f"name ({', '.join(PRETRAINED)})")  # fmt: skip
+        raise ModelNotFound(
+            f"denoiser model {name!r} is not in the model folder ({where}) and is not a pretrained "
+            f"name ({', '.join(PRETRAINED)})"
+        )
     try:
         return getattr(pretrained, name)()
     except OSError as e:  # urllib's URLError/HTTPError: no network, or the file moved
-        raise ModelNotFound(f"model {name!r} is not in the model folder and could not be downloaded ({e}); "
-                            f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}") from e  # fmt: skip
+        raise ModelNotFound(
+            f"model {name!r} is not in the model folder and could not be downloaded ({e}); "
+            f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}"
+        ) from e
 
 
-def load_denoise_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None, *,
-                       stage: str = STAGE) -> Demucs:
+def load_denoise_model(
+    name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None, *, stage: str = STAGE
+) -> Demucs:
     """The denoiser ``name`` on ``device``, loaded once per process.
 
     ``<model_dir>/denoiser/<name>.th`` when it exists, else the pretrained weights (dns48, dns64,
@@ -254,8 +282,10 @@ def plan_chunks(frames: int, model: Demucs, options: DenoiseOptions) -> ChunkPla
     chunk = max(int(options.chunk_s * rate) // grid * grid, grid)
     hop = (chunk - math.ceil(options.overlap_s * rate)) // grid * grid
     if hop <= 0:
-        raise ValueError(f"chunk_s - overlap_s must be at least {grid / rate:g} s (the model's stride), got "
-                         f"{options.chunk_s - options.overlap_s:g} s")  # fmt: skip
+        raise ValueError(
+            f"chunk_s - overlap_s must be at least {grid / rate:g} s (the model's stride), got "
+            f"{options.chunk_s - options.overlap_s:g} s"
+        )
     overlap = chunk - hop
     crossfade = max(round(options.crossfade_s * rate), 1)
     lookahead = lookahead_samples(model)
@@ -263,10 +293,14 @@ def plan_chunks(frames: int, model: Demucs, options: DenoiseOptions) -> ChunkPla
     trailing = lookahead if model.causal else max(lookahead, (overlap - crossfade) // 2)
     warmup = overlap - crossfade - trailing
     if warmup < 0:
-        raise ValueError(f"overlap_s must be at least {(lookahead + crossfade) / rate:.3f} s for this model (its "
-                         f"lookahead {lookahead / rate:.3f} s plus crossfade_s), got {options.overlap_s}")  # fmt: skip
+        raise ValueError(
+            f"overlap_s must be at least {(lookahead + crossfade) / rate:.3f} s for this model (its "
+            f"lookahead {lookahead / rate:.3f} s plus crossfade_s), got {options.overlap_s}"
+        )
     if crossfade > hop:
-        raise ValueError(f"crossfade_s ({options.crossfade_s}) must not exceed the hop between chunks ({hop / rate:g} s)")
+        raise ValueError(
+            f"crossfade_s ({options.crossfade_s}) must not exceed the hop between chunks ({hop / rate:g} s)"
+        )
     return ChunkPlan(frames, chunk, hop, warmup, crossfade)
 
 
@@ -294,9 +328,14 @@ def _channel_std(samples: np.ndarray, block: int = STD_BLOCK_SAMPLES) -> np.ndar
     return np.sqrt(squares / (frames - 1))
 
 
-def denoise_at_model_rate(noisy: np.ndarray, model: Demucs, options: DenoiseOptions = DenoiseOptions(), *,
-                          batch_size: int | None = None,
-                          hook: Callable[[int, int], None] | None = None) -> np.ndarray:  # fmt: skip
+def denoise_at_model_rate(
+    noisy: np.ndarray,
+    model: Demucs,
+    options: DenoiseOptions = DenoiseOptions(),
+    *,
+    batch_size: int | None = None,
+    hook: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """The model's estimate of the clean speech in ``noisy`` (``(channels, samples)`` at its rate), chunked.
 
     Equals ``model(noisy[:, None])[:, 0]`` (one forward pass over the whole file) up to float rounding
@@ -335,8 +374,14 @@ def denoise_at_model_rate(noisy: np.ndarray, model: Demucs, options: DenoiseOpti
     return out
 
 
-def denoise(samples: np.ndarray, sample_rate_hz: int, model: Demucs, options: DenoiseOptions = DenoiseOptions(), *,
-            hook: Callable[[int, int], None] | None = None) -> np.ndarray:  # fmt: skip
+def denoise(
+    samples: np.ndarray,
+    sample_rate_hz: int,
+    model: Demucs,
+    options: DenoiseOptions = DenoiseOptions(),
+    *,
+    hook: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Denoised ``(channels, samples)`` audio at ``sample_rate_hz``: same rate, channels and length.
 
     Each channel is resampled to the model's rate, denoised (:func:`denoise_at_model_rate`, its batch

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
@@ -35,18 +36,18 @@ from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers import audio as audio_ops
+from voxflow.tasks.helpers.speakers import Turn, to_rttm
 from voxflow.tasks.kit.models import (
-    holding,
     RESIDENT,
     ModelNotFound,
     ModelSettings,
     ModelSource,
+    holding,
     hub_errors,
     register_model_source,
 )
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
 from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom, is_out_of_memory
-from voxflow.tasks.helpers.speakers import Turn, to_rttm
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "diarize"
@@ -68,12 +69,21 @@ PROGRESS_PHASES = {"segmentation": (0, 20), "embeddings": (20, 80)}  # ... step 
 class DiarizeOptions:
     """Which pipeline diarizes, what it may assume about the speakers, and its batch sizes."""
 
-    model: Annotated[str, Field(description="Hugging Face pipeline id, found first in <model dir>/pyannote/<repository name>/; or a pipeline folder.")] = DEFAULT_MODEL
-    num_speakers: Annotated[int | None, Field(ge=1, description="Exact number of speakers when known (forces that many clusters).")] = None
+    model: Annotated[
+        str,
+        Field(
+            description="Hugging Face pipeline id, found first in <model dir>/pyannote/<repository name>/; or a pipeline folder."
+        ),
+    ] = DEFAULT_MODEL
+    num_speakers: Annotated[
+        int | None, Field(ge=1, description="Exact number of speakers when known (forces that many clusters).")
+    ] = None
     min_speakers: Annotated[int | None, Field(ge=1, description="At least this many speakers.")] = None
     max_speakers: Annotated[int | None, Field(ge=1, description="At most this many speakers.")] = None
     segmentation_batch_size: Annotated[int, Field(ge=1, le=1024, description="10 s windows segmented at once.")] = 32
-    embedding_batch_size: Annotated[int, Field(ge=1, le=1024, description="(window, speaker) pairs embedded at once.")] = 32
+    embedding_batch_size: Annotated[
+        int, Field(ge=1, le=1024, description="(window, speaker) pairs embedded at once.")
+    ] = 32
 
     def __post_init__(self) -> None:
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -92,7 +102,11 @@ class DiarizeOptions:
 
     def speaker_counts(self) -> dict[str, int]:
         """The speaker-count keyword arguments of the pipeline call (only those that are set)."""
-        counts = {"num_speakers": self.num_speakers, "min_speakers": self.min_speakers, "max_speakers": self.max_speakers}
+        counts = {
+            "num_speakers": self.num_speakers,
+            "min_speakers": self.min_speakers,
+            "max_speakers": self.max_speakers,
+        }
         return {name: value for name, value in counts.items() if value is not None}
 
 
@@ -168,8 +182,9 @@ def local_pipeline(name: str, settings: ModelSettings) -> Path | None:
     return folder if (folder / "config.yaml").is_file() else None
 
 
-def load_diarize_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None,
-                       token: str | None = None) -> Any:  # fmt: skip
+def load_diarize_model(
+    name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None, token: str | None = None
+) -> Any:
     """The pyannote pipeline ``name`` on ``device``, loaded once per process.
 
     A local folder (``<model_dir>/pyannote/<repository name>/``, else ``name`` itself) is read with
@@ -198,7 +213,9 @@ def _load_pipeline(name: str, folder: Path | None, device: str, token: str | Non
         with hub_errors(name, gated_url=HUB_URL.format(name=name)):
             pipeline = Pipeline.from_pretrained(name, token=token)
     if pipeline is None:
-        raise ModelNotFound(f"pyannote could not load pipeline {name!r}: check the name, or put its folder in the model dir")
+        raise ModelNotFound(
+            f"pyannote could not load pipeline {name!r}: check the name, or put its folder in the model dir"
+        )
     return pipeline.to(torch.device(device))
 
 
@@ -228,8 +245,9 @@ def waveform_input(samples: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:
     return {"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ}
 
 
-def diarize(waveform: Mapping[str, Any], pipeline: Any, options: DiarizeOptions,
-            hook: Callable[[int, int], None] | None = None) -> Diarization:  # fmt: skip
+def diarize(
+    waveform: Mapping[str, Any], pipeline: Any, options: DiarizeOptions, hook: Callable[[int, int], None] | None = None
+) -> Diarization:
     """Diarize ``waveform`` (see :func:`waveform_input`) with a loaded pyannote ``pipeline``.
 
     The turns are the pipeline's own, clipped to the track (see :func:`annotation_turns`).
@@ -237,8 +255,10 @@ def diarize(waveform: Mapping[str, Any], pipeline: Any, options: DiarizeOptions,
     """
     samples = waveform["waveform"]
     if waveform["sample_rate"] != SAMPLE_RATE_HZ or samples.ndim != 2 or samples.shape[0] != 1:
-        raise ValueError(f"expected a (1, samples) waveform at {SAMPLE_RATE_HZ} Hz, got {tuple(samples.shape)} at "
-                         f"{waveform['sample_rate']} Hz (see waveform_input)")  # fmt: skip
+        raise ValueError(
+            f"expected a (1, samples) waveform at {SAMPLE_RATE_HZ} Hz, got {tuple(samples.shape)} at "
+            f"{waveform['sample_rate']} Hz (see waveform_input)"
+        )
     if samples.shape[1] == 0:
         return Diarization((), (), ())
 
@@ -277,8 +297,9 @@ def _pyannote_hook(hook: Callable[[int, int], None] | None) -> Callable[..., Non
     if hook is None:
         return None
 
-    def on_step(step_name: str, step_artifact: Any, file: Any = None, total: int | None = None,
-                completed: int | None = None) -> None:  # fmt: skip
+    def on_step(
+        step_name: str, step_artifact: Any, file: Any = None, total: int | None = None, completed: int | None = None
+    ) -> None:
         if step_name in PROGRESS_PHASES and total and completed is not None:
             start, share = PROGRESS_PHASES[step_name]
             hook(start + share * min(completed, total) // total, PROGRESS_TOTAL)
@@ -297,19 +318,34 @@ def _active_time(turns: tuple[Turn, ...], at_least: int) -> float:
     return total
 
 
-def segment_rows(found: Diarization, file_sha256: str, params_hash: str, rttm: ArtifactRef,
-                 exclusive_rttm: ArtifactRef, flow_run_id: str | None) -> list[dict]:  # fmt: skip
+def segment_rows(
+    found: Diarization,
+    file_sha256: str,
+    params_hash: str,
+    rttm: ArtifactRef,
+    exclusive_rttm: ArtifactRef,
+    flow_run_id: str | None,
+) -> list[dict]:
     """``segments`` rows of both diarizations, with ids stable for the same file, options and turn."""
     rows = []
     for exclusive, turns, ref in ((False, found.turns, rttm), (True, found.exclusive, exclusive_rttm)):
         for index, turn in enumerate(turns):
             identity = f"{file_sha256}:{STAGE}:{params_hash}:{int(exclusive)}:{index}"
-            rows.append({
-                "segment_id": hashlib.sha256(identity.encode()).hexdigest(), "file_sha256": file_sha256,
-                "stage": STAGE, "params_hash": params_hash, "index": index, "speaker": turn.speaker,
-                "start_s": turn.start_s, "end_s": turn.end_s, "exclusive": exclusive,
-                "artifact_uri": ref.uri, "flow_run_id": flow_run_id,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "segment_id": hashlib.sha256(identity.encode()).hexdigest(),
+                    "file_sha256": file_sha256,
+                    "stage": STAGE,
+                    "params_hash": params_hash,
+                    "index": index,
+                    "speaker": turn.speaker,
+                    "start_s": turn.start_s,
+                    "end_s": turn.end_s,
+                    "exclusive": exclusive,
+                    "artifact_uri": ref.uri,
+                    "flow_run_id": flow_run_id,
+                }
+            )
     return rows
 
 
@@ -327,5 +363,6 @@ def diarize_audio(audio: Any, options: DiarizeOptions, settings: StoreSettings, 
     exclusive = write_artifact(settings, EXCLUSIVE_RTTM_NAME, to_rttm(found.exclusive, file_sha256).encode())
     rows = segment_rows(found, file_sha256, run.params_hash, rttm, exclusive, run.flow_run_id)
     Catalog(shared_store(settings)).append("segments", rows)
-    return DiarizeResult(ref, rttm, exclusive, found.speakers, len(found.turns), found.speech_s, found.overlap_s,
-                         file_sha256)  # fmt: skip
+    return DiarizeResult(
+        ref, rttm, exclusive, found.speakers, len(found.turns), found.speech_s, found.overlap_s, file_sha256
+    )

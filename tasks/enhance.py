@@ -32,8 +32,8 @@ from pydantic import Field
 
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
-from voxflow.tasks.helpers import audio
 from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import ModelSettings, holding
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -52,8 +52,12 @@ DENOISE, UPSAMPLE, RESAMPLE = "denoise", "upsample", "resample"
 DENOISER_RATE_HZ = 16_000  # DNS48, DNS64 and master64 all run at 16 kHz
 MIN_RATE_HZ, MAX_RATE_HZ = 8_000, 192_000
 # torchaudio's Kaiser-windowed sinc with librosa's "kaiser_best" settings: a steep, clean low-pass
-RESAMPLE_FILTER = {"lowpass_filter_width": 64, "rolloff": 0.9475937167399596,
-                   "resampling_method": "sinc_interp_kaiser", "beta": 14.769656459379492}  # fmt: skip
+RESAMPLE_FILTER = {
+    "lowpass_filter_width": 64,
+    "rolloff": 0.9475937167399596,
+    "resampling_method": "sinc_interp_kaiser",
+    "beta": 14.769656459379492,
+}
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,20 @@ class EnhanceOptions:
     """Which steps of the post-chain run, the rate written, and each step's own options."""
 
     denoise: Annotated[bool, Field(description="Denoise the generated speech (DNS48 at 16 kHz).")] = True
-    upsample: Annotated[bool, Field(description="Learned 16 → 48 kHz super-resolution (NoVaSR); off: plain high-quality resampling.")] = True
-    output_rate_hz: Annotated[int, Field(ge=MIN_RATE_HZ, le=MAX_RATE_HZ, description="Rate of the enhanced WAV.")] = OUTPUT_RATE_HZ
+    upsample: Annotated[
+        bool, Field(description="Learned 16 → 48 kHz super-resolution (NoVaSR); off: plain high-quality resampling.")
+    ] = True
+    output_rate_hz: Annotated[int, Field(ge=MIN_RATE_HZ, le=MAX_RATE_HZ, description="Rate of the enhanced WAV.")] = (
+        OUTPUT_RATE_HZ
+    )
     denoiser: DenoiseOptions = field(default_factory=DenoiseOptions)
     sr: UpsampleOptions = field(default_factory=UpsampleOptions)
 
     def __post_init__(self) -> None:
         if not MIN_RATE_HZ <= self.output_rate_hz <= MAX_RATE_HZ:
-            raise ValueError(f"output_rate_hz must be between {MIN_RATE_HZ} and {MAX_RATE_HZ}, got {self.output_rate_hz}")
+            raise ValueError(
+                f"output_rate_hz must be between {MIN_RATE_HZ} and {MAX_RATE_HZ}, got {self.output_rate_hz}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,12 @@ class EnhanceResult:
     def summary(self) -> dict:
         """What a summary table shows of an enhanced line."""
         duration_s = round(self.artifact.duration_s or 0.0, 3)
-        return {"steps": " → ".join(self.steps) or "none", "rate_hz": self.artifact.sample_rate_hz,
-                "duration_s": duration_s, "sha256": self.source_sha256[:12]}  # fmt: skip
+        return {
+            "steps": " → ".join(self.steps) or "none",
+            "rate_hz": self.artifact.sample_rate_hz,
+            "duration_s": duration_s,
+            "sha256": self.source_sha256[:12],
+        }
 
 
 def plan_steps(rate_hz: int, options: EnhanceOptions) -> tuple[str, ...]:
@@ -129,7 +143,9 @@ def denoise_step(line: torch.Tensor, rate_hz: int, model: Demucs, options: Denoi
     import torch
 
     if model.sample_rate != DENOISER_RATE_HZ:
-        raise ValueError(f"the chain's denoiser must run at {DENOISER_RATE_HZ} Hz (as DNS48 does), this one runs at {model.sample_rate} Hz")
+        raise ValueError(
+            f"the chain's denoiser must run at {DENOISER_RATE_HZ} Hz (as DNS48 does), this one runs at {model.sample_rate} Hz"
+        )
     noisy = resample_tensor(line, rate_hz, model.sample_rate)
     frames = noisy.shape[1]
     if 2 <= frames <= options.chunk_s * model.sample_rate:  # one forward pass, the model's own normalization
@@ -140,7 +156,9 @@ def denoise_step(line: torch.Tensor, rate_hz: int, model: Demucs, options: Denoi
     return torch.from_numpy(clean).to(noisy.device), model.sample_rate
 
 
-def upsample_step(line: torch.Tensor, rate_hz: int, model: NovaSR, options: UpsampleOptions) -> tuple[torch.Tensor, int]:
+def upsample_step(
+    line: torch.Tensor, rate_hz: int, model: NovaSR, options: UpsampleOptions
+) -> tuple[torch.Tensor, int]:
     """The line at 48 kHz by NoVaSR (after resampling to 16 kHz where it is not there yet)."""
     return upsample(resample_tensor(line, rate_hz, INPUT_RATE_HZ), model, options), OUTPUT_RATE_HZ
 
@@ -156,9 +174,16 @@ def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(samples, ((0, 0), (0, frames - samples.shape[1])))
 
 
-def enhance(samples: np.ndarray, rate_hz: int, options: EnhanceOptions = EnhanceOptions(),
-            denoiser: Demucs | None = None, sr_model: NovaSR | None = None, device: str = "cpu", *,
-            model_dir: str | Path | None = None) -> np.ndarray:  # fmt: skip
+def enhance(
+    samples: np.ndarray,
+    rate_hz: int,
+    options: EnhanceOptions = EnhanceOptions(),
+    denoiser: Demucs | None = None,
+    sr_model: NovaSR | None = None,
+    device: str = "cpu",
+    *,
+    model_dir: str | Path | None = None,
+) -> np.ndarray:
     """``(channels, n)`` audio at ``rate_hz`` through the steps of :func:`plan_steps`, at ``options.output_rate_hz``.
 
     The output has ``output_frames(n, rate_hz, options.output_rate_hz)`` samples (the input's duration).
@@ -200,8 +225,14 @@ def enhance_audio(audio: Any, options: EnhanceOptions, settings: StoreSettings, 
     samples, rate = read_audio(ref, settings)
     device = models.torch_device()
     denoiser = load_enhance_denoiser(options.denoiser.model, device, models.model_dir) if options.denoise else None
-    sr_model = (load_upsample_model(options.sr.model, device, models.model_dir, models.token(), half=options.sr.half)
-                if options.upsample else None)  # fmt: skip
+    sr_model = (
+        load_upsample_model(options.sr.model, device, models.model_dir, models.token(), half=options.sr.half)
+        if options.upsample
+        else None
+    )
     enhanced = enhance(samples, rate, options, denoiser, sr_model, device)
-    return EnhanceResult(write_audio(settings, AUDIO_NAME, enhanced, options.output_rate_hz), source_sha256_of(audio),
-                         plan_steps(rate, options))  # fmt: skip
+    return EnhanceResult(
+        write_audio(settings, AUDIO_NAME, enhanced, options.output_rate_hz),
+        source_sha256_of(audio),
+        plan_steps(rate, options),
+    )

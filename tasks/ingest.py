@@ -37,7 +37,8 @@ class IngestOptions:
     """How an input file becomes the pipeline's working audio."""
 
     sample_rate_hz: Annotated[
-        int | None, Field(ge=8_000, le=192_000, description="Sample rate of the written artifact; empty keeps the source's.")
+        int | None,
+        Field(ge=8_000, le=192_000, description="Sample rate of the written artifact; empty keeps the source's."),
     ] = 16_000
     mono: Annotated[bool, Field(description="Downmix all channels to one (their mean).")] = True
     resample_quality: Annotated[ResampleQuality, Field(description="soxr resampling quality.")] = "VHQ"
@@ -46,7 +47,9 @@ class IngestOptions:
         if self.sample_rate_hz is not None and not 8_000 <= self.sample_rate_hz <= 192_000:
             raise ValueError(f"sample_rate_hz must be between 8000 and 192000, got {self.sample_rate_hz}")
         if self.resample_quality not in get_args(ResampleQuality):
-            raise ValueError(f"resample_quality must be one of {get_args(ResampleQuality)}, got {self.resample_quality!r}")
+            raise ValueError(
+                f"resample_quality must be one of {get_args(ResampleQuality)}, got {self.resample_quality!r}"
+            )
 
 
 SPEECH = IngestOptions()  # 16 kHz mono: what the speech models read

@@ -25,8 +25,9 @@ from __future__ import annotations
 import functools
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -89,8 +90,10 @@ class LipsyncOptions:
         if not 1 <= self.n_mels <= 512:
             raise ValueError(f"n_mels must be between 1 and 512, got {self.n_mels}")
         if not 0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate_hz / 2:
-            raise ValueError(f"need 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2, got {self.fmin_hz}, {self.fmax_hz}, "
-                             f"{self.sample_rate_hz}")  # fmt: skip
+            raise ValueError(
+                f"need 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2, got {self.fmin_hz}, {self.fmax_hz}, "
+                f"{self.sample_rate_hz}"
+            )
         if not self.min_level_db < 0:
             raise ValueError(f"min_level_db must be negative, got {self.min_level_db}")
         if not self.max_abs_value > 0:
@@ -144,8 +147,12 @@ class LipsyncResult:
 
     def summary(self) -> dict:
         """What a summary table shows of a file's features."""
-        return {"frames": self.frames, "fps": self.fps, "features_mb": round(self.features.size_bytes / 2**20, 2),
-                "sha256": self.source_sha256[:12]}  # fmt: skip
+        return {
+            "frames": self.frames,
+            "fps": self.fps,
+            "features_mb": round(self.features.size_bytes / 2**20, 2),
+            "sha256": self.source_sha256[:12],
+        }
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -217,8 +224,13 @@ def normalise_db(mel: np.ndarray, options: LipsyncOptions) -> np.ndarray:
     return np.clip(scaled, -options.max_abs_value, options.max_abs_value)
 
 
-def log_mel(samples_16k: np.ndarray, options: LipsyncOptions = LipsyncOptions(), *, block_frames: int = BLOCK_FRAMES,
-            hook: Callable[[int, int], None] | None = None) -> np.ndarray:  # fmt: skip
+def log_mel(
+    samples_16k: np.ndarray,
+    options: LipsyncOptions = LipsyncOptions(),
+    *,
+    block_frames: int = BLOCK_FRAMES,
+    hook: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Wav2Lip's normalised log-mel of mono speech at ``options.sample_rate_hz``: ``(n_mels, 1 + n // hop)`` float32.
 
     ``samples_16k`` is ``(samples,)`` or ``(1, samples)``. The STFT runs in blocks of ``block_frames``
@@ -255,9 +267,15 @@ def video_frame_count(samples: int, sample_rate_hz: int, fps: float) -> int:
     return max(math.ceil(samples * fps / sample_rate_hz - 1e-9), 0)
 
 
-def video_windows(mel: np.ndarray, fps: float, window_frames: int, *, count: int,
-                  mel_frames_per_s: float = LipsyncOptions().mel_frames_per_s,
-                  pad_value: float = -LipsyncOptions().max_abs_value) -> VideoWindows:  # fmt: skip
+def video_windows(
+    mel: np.ndarray,
+    fps: float,
+    window_frames: int,
+    *,
+    count: int,
+    mel_frames_per_s: float = LipsyncOptions().mel_frames_per_s,
+    pad_value: float = -LipsyncOptions().max_abs_value,
+) -> VideoWindows:
     """The ``window_frames`` mel frames of each of ``count`` video frames: ``(count, n_mels, window_frames)`` float32.
 
     Frame ``i`` starts at mel frame ``int(i * mel_frames_per_s / fps)`` (Wav2Lip's rule), clamped so the
@@ -284,13 +302,23 @@ def prepare(samples: np.ndarray, sample_rate_hz: int, options: LipsyncOptions) -
     return resample(mono, sample_rate_hz, options.sample_rate_hz)[0]
 
 
-def lipsync_windows(samples_16k: np.ndarray, options: LipsyncOptions = LipsyncOptions(), *,
-                    hook: Callable[[int, int], None] | None = None) -> VideoWindows:  # fmt: skip
+def lipsync_windows(
+    samples_16k: np.ndarray,
+    options: LipsyncOptions = LipsyncOptions(),
+    *,
+    hook: Callable[[int, int], None] | None = None,
+) -> VideoWindows:
     """The windows of every video frame of mono speech at ``options.sample_rate_hz``."""
     mel = log_mel(samples_16k, options, hook=hook)
     count = video_frame_count(np.shape(samples_16k)[-1], options.sample_rate_hz, options.fps)
-    return video_windows(mel, options.fps, options.window_frames, count=count,
-                         mel_frames_per_s=options.mel_frames_per_s, pad_value=-options.max_abs_value)  # fmt: skip
+    return video_windows(
+        mel,
+        options.fps,
+        options.window_frames,
+        count=count,
+        mel_frames_per_s=options.mel_frames_per_s,
+        pad_value=-options.max_abs_value,
+    )
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -305,8 +333,15 @@ def index_parquet(windows: VideoWindows) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("frame", pa.int64()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-                        ("mel_start", pa.int64()), ("mel_end", pa.int64())])  # fmt: skip
+    schema = pa.schema(
+        [
+            ("frame", pa.int64()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("mel_start", pa.int64()),
+            ("mel_end", pa.int64()),
+        ]
+    )
     buffer = io.BytesIO()
     pq.write_table(pa.table(windows.index(), schema=schema), buffer)
     return buffer.getvalue()

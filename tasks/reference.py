@@ -37,8 +37,8 @@ from pydantic import Field
 
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
-from voxflow.tasks.helpers import audio as audio_io
 from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.helpers import audio as audio_io
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -72,16 +72,46 @@ class ReferenceError(ValueError):
 class ReferenceOptions:
     """Whether the reference is cleaned or only checked, and the limits of a usable reference."""
 
-    process: Annotated[bool, Field(description="Clean the reference (denoise, resample, trim, loudness); off: only check it and pass it on unchanged.")] = True
+    process: Annotated[
+        bool,
+        Field(
+            description="Clean the reference (denoise, resample, trim, loudness); off: only check it and pass it on unchanged."
+        ),
+    ] = True
     sample_rate_hz: Annotated[int, Field(ge=8_000, le=192_000, description="Rate of the cleaned reference.")] = 16_000
-    loudness_lufs: Annotated[float, Field(ge=-60, le=-5, description="Integrated loudness of the cleaned reference (BS.1770), unless its peak would pass -1 dBFS.")] = -20.0
-    trim_threshold_db: Annotated[float, Field(gt=0, le=120, description="Frames quieter than the loudest frame minus this are silence (trimmed at the ends).")] = 40.0
+    loudness_lufs: Annotated[
+        float,
+        Field(
+            ge=-60,
+            le=-5,
+            description="Integrated loudness of the cleaned reference (BS.1770), unless its peak would pass -1 dBFS.",
+        ),
+    ] = -20.0
+    trim_threshold_db: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=120,
+            description="Frames quieter than the loudest frame minus this are silence (trimmed at the ends).",
+        ),
+    ] = 40.0
     trim_pad_s: Annotated[float, Field(ge=0, le=2, description="Silence kept before and after the speech.")] = 0.1
-    min_speech_s: Annotated[float, Field(ge=0.5, description="Less speech than this is too short to clone a voice from.")] = 3.0
-    max_s: Annotated[float, Field(gt=0, le=600, description="A longer cleaned reference is cut at its quietest pause before this.")] = 30.0
-    silence_dbfs: Annotated[float, Field(ge=-120, lt=0, description="A reference whose loudest 20 ms stay below this level is silent.")] = -50.0
-    clipped_fraction: Annotated[float, Field(ge=0, le=1, description="Most samples allowed in clipped runs (3+ samples at full scale in a row).")] = 0.001
-    denoise: Annotated[DenoiseOptions, Field(description="The denoiser run when cleaning.")] = field(default_factory=DenoiseOptions)
+    min_speech_s: Annotated[
+        float, Field(ge=0.5, description="Less speech than this is too short to clone a voice from.")
+    ] = 3.0
+    max_s: Annotated[
+        float, Field(gt=0, le=600, description="A longer cleaned reference is cut at its quietest pause before this.")
+    ] = 30.0
+    silence_dbfs: Annotated[
+        float, Field(ge=-120, lt=0, description="A reference whose loudest 20 ms stay below this level is silent.")
+    ] = -50.0
+    clipped_fraction: Annotated[
+        float,
+        Field(ge=0, le=1, description="Most samples allowed in clipped runs (3+ samples at full scale in a row)."),
+    ] = 0.001
+    denoise: Annotated[DenoiseOptions, Field(description="The denoiser run when cleaning.")] = field(
+        default_factory=DenoiseOptions
+    )
 
     def __post_init__(self) -> None:
         if not 8_000 <= self.sample_rate_hz <= 192_000:
@@ -97,8 +127,10 @@ class ReferenceOptions:
         if not 0.0 < self.max_s <= 600.0:
             raise ValueError(f"max_s must be in (0, 600], got {self.max_s}")
         if self.min_speech_s + self.trim_pad_s >= self.max_s:
-            raise ValueError(f"min_speech_s + trim_pad_s ({self.min_speech_s + self.trim_pad_s:g}) must be shorter than "
-                             f"max_s ({self.max_s:g})")  # fmt: skip
+            raise ValueError(
+                f"min_speech_s + trim_pad_s ({self.min_speech_s + self.trim_pad_s:g}) must be shorter than "
+                f"max_s ({self.max_s:g})"
+            )
         if not -120.0 <= self.silence_dbfs < 0.0:
             raise ValueError(f"silence_dbfs must be in [-120, 0), got {self.silence_dbfs}")
         if not 0.0 <= self.clipped_fraction <= 1.0:
@@ -196,16 +228,22 @@ def _check_levels(samples: np.ndarray, rate_hz: int, name: str, options: Referen
         raise ReferenceError(name, f"not (channels, samples) audio with samples: its shape is {samples.shape}")
     share = clipped_share(samples)
     if share > options.clipped_fraction:
-        raise ReferenceError(name, f"clipped: {share:.2%} of its samples are in runs at full scale, more than "
-                                   f"the {options.clipped_fraction:.2%} allowed; record it again at a lower gain")  # fmt: skip
+        raise ReferenceError(
+            name,
+            f"clipped: {share:.2%} of its samples are in runs at full scale, more than "
+            f"the {options.clipped_fraction:.2%} allowed; record it again at a lower gain",
+        )
     _check_not_silent(frame_levels_db(samples, rate_hz).max(), name, options, "")
     return share
 
 
 def _check_not_silent(loudest_db: float, name: str, options: ReferenceOptions, when: str) -> None:
     if loudest_db < options.silence_dbfs:
-        raise ReferenceError(name, f"silent{when}: its loudest {FRAME_S * 1000:.0f} ms are at {loudest_db:.1f} dBFS, "
-                                   f"below the {options.silence_dbfs:g} dBFS silence level")  # fmt: skip
+        raise ReferenceError(
+            name,
+            f"silent{when}: its loudest {FRAME_S * 1000:.0f} ms are at {loudest_db:.1f} dBFS, "
+            f"below the {options.silence_dbfs:g} dBFS silence level",
+        )
 
 
 def _check_speech(speech_s: float, name: str, options: ReferenceOptions) -> None:
@@ -223,8 +261,9 @@ def _speech_bounds(mono: np.ndarray, rate_hz: int, options: ReferenceOptions) ->
     return frames[0] * size, min(frames[1] * size, mono.shape[1])
 
 
-def check_reference(samples: np.ndarray, rate_hz: int, name: str,
-                    options: ReferenceOptions = ReferenceOptions()) -> ReferenceReport:  # fmt: skip
+def check_reference(
+    samples: np.ndarray, rate_hz: int, name: str, options: ReferenceOptions = ReferenceOptions()
+) -> ReferenceReport:
     """Check a raw ``(channels, samples)`` reference as it is: not clipped, not silent, enough speech.
 
     Raises :class:`ReferenceError` naming ``name``; the report describes the input itself (nothing
@@ -236,10 +275,16 @@ def check_reference(samples: np.ndarray, rate_hz: int, name: str,
     _check_speech(speech_s, name, options)
     loudness = audio_io.integrated_loudness(samples, rate_hz)
     return ReferenceReport(
-        duration_s=samples.shape[1] / rate_hz, speech_s=speech_s, trimmed_start_s=0.0, trimmed_end_s=0.0,
-        loudness_lufs_in=loudness, loudness_lufs_out=loudness, peak_dbfs=audio_io.to_dbfs(audio_io.peak(samples)),
-        clipped_fraction=share, cut=False,
-    )  # fmt: skip
+        duration_s=samples.shape[1] / rate_hz,
+        speech_s=speech_s,
+        trimmed_start_s=0.0,
+        trimmed_end_s=0.0,
+        loudness_lufs_in=loudness,
+        loudness_lufs_out=loudness,
+        peak_dbfs=audio_io.to_dbfs(audio_io.peak(samples)),
+        clipped_fraction=share,
+        cut=False,
+    )
 
 
 def cut_point(mono: np.ndarray, rate_hz: int, options: ReferenceOptions) -> int:
@@ -287,8 +332,9 @@ def normalize_loudness(samples: np.ndarray, rate_hz: int, loudness_lufs: float) 
     return (samples * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32)
 
 
-def prepare_reference(samples: np.ndarray, rate_hz: int, options: ReferenceOptions, denoiser: Demucs | None,
-                      name: str) -> tuple[np.ndarray, ReferenceReport]:  # fmt: skip
+def prepare_reference(
+    samples: np.ndarray, rate_hz: int, options: ReferenceOptions, denoiser: Demucs | None, name: str
+) -> tuple[np.ndarray, ReferenceReport]:
     """The cleaned reference, ``(1, m)`` float32 at ``options.sample_rate_hz``, and its report.
 
     ``samples`` is ``(channels, n)`` at ``rate_hz`` and stays on the CPU; ``denoiser`` (a Demucs, see
@@ -323,10 +369,16 @@ def prepare_reference(samples: np.ndarray, rate_hz: int, options: ReferenceOptio
     if loudness_out is None:
         raise ReferenceError(name, "silent after denoising: too quiet to measure its loudness (BS.1770 gates)")
     report = ReferenceReport(
-        duration_s=out.shape[1] / rate, speech_s=speech_s, trimmed_start_s=first / rate,
-        trimmed_end_s=(clean.shape[1] - last) / rate, loudness_lufs_in=audio_io.integrated_loudness(samples, rate_hz),
-        loudness_lufs_out=loudness_out, peak_dbfs=audio_io.to_dbfs(audio_io.peak(out)), clipped_fraction=share, cut=cut,
-    )  # fmt: skip
+        duration_s=out.shape[1] / rate,
+        speech_s=speech_s,
+        trimmed_start_s=first / rate,
+        trimmed_end_s=(clean.shape[1] - last) / rate,
+        loudness_lufs_in=audio_io.integrated_loudness(samples, rate_hz),
+        loudness_lufs_out=loudness_out,
+        peak_dbfs=audio_io.to_dbfs(audio_io.peak(out)),
+        clipped_fraction=share,
+        cut=cut,
+    )
     return out, report
 
 
@@ -340,8 +392,9 @@ SPEC = StageSpec(STAGE, code_version=CODE_VERSION, gpu=True)
 
 
 @stage_task(SPEC)
-def prepare_reference_audio(audio: Any, options: ReferenceOptions, settings: StoreSettings,
-                            models: ModelSettings) -> ReferenceResult:  # fmt: skip
+def prepare_reference_audio(
+    audio: Any, options: ReferenceOptions, settings: StoreSettings, models: ModelSettings
+) -> ReferenceResult:
     """Check a voice reference, and clean it into ``reference.wav`` when ``options.process`` is on."""
     ref, name = audio_input(audio), reference_name(audio)
     samples, rate = read_audio(ref, settings)

@@ -22,9 +22,10 @@ stems (four times the output) is ever held, unlike ``apply_model``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import Field
@@ -32,7 +33,15 @@ from pydantic import Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers.audio import resample, to_dbfs
-from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
+from voxflow.tasks.kit.models import (
+    RESIDENT,
+    ModelNotFound,
+    ModelSettings,
+    ModelSource,
+    holding,
+    hub_errors,
+    register_model_source,
+)
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -57,12 +66,40 @@ CPU_BATCH_SIZE = 1  # on a CPU a batch is slower per segment (measured: 7.1 s at
 class SeparateOptions:
     """Which Demucs model separates, how the track is cut into segments, and how many run at once."""
 
-    model: Annotated[str, Field(min_length=1, description="Demucs model or bag name: htdemucs, htdemucs_ft (a bag of 4), htdemucs_6s, ...")] = DEFAULT_MODEL
-    segment_s: Annotated[float | None, Field(gt=0, description="Segment length in seconds; empty: the model's own (a transformer model takes no longer).")] = None
-    overlap: Annotated[float, Field(ge=0, lt=1, description="Fraction of a segment shared with the next (crossfaded).")] = 0.25
-    shifts: Annotated[int, Field(ge=0, le=32, description="Passes with a random time shift of up to 0.5 s, averaged; 0: one unshifted pass. Each costs a full pass.")] = 0
-    shift_seed: Annotated[int, Field(ge=0, description="Seed of the shifts' random offsets, so a rerun writes the same bytes.")] = 0
-    batch_size: Annotated[int | None, Field(ge=1, le=256, description="Segments run at once on the device (halved on CUDA out-of-memory); empty: 4 on a CUDA GPU, 1 on a CPU (where batches run slower).")] = None
+    model: Annotated[
+        str,
+        Field(
+            min_length=1, description="Demucs model or bag name: htdemucs, htdemucs_ft (a bag of 4), htdemucs_6s, ..."
+        ),
+    ] = DEFAULT_MODEL
+    segment_s: Annotated[
+        float | None,
+        Field(
+            gt=0, description="Segment length in seconds; empty: the model's own (a transformer model takes no longer)."
+        ),
+    ] = None
+    overlap: Annotated[
+        float, Field(ge=0, lt=1, description="Fraction of a segment shared with the next (crossfaded).")
+    ] = 0.25
+    shifts: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=32,
+            description="Passes with a random time shift of up to 0.5 s, averaged; 0: one unshifted pass. Each costs a full pass.",
+        ),
+    ] = 0
+    shift_seed: Annotated[
+        int, Field(ge=0, description="Seed of the shifts' random offsets, so a rerun writes the same bytes.")
+    ] = 0
+    batch_size: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=256,
+            description="Segments run at once on the device (halved on CUDA out-of-memory); empty: 4 on a CUDA GPU, 1 on a CPU (where batches run slower).",
+        ),
+    ] = None
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -233,7 +270,7 @@ class _Pass:
 
     model: Any
     start: int  # track sample where the frame starts; the frame ends with the track
-    coefficients: "torch.Tensor"  # (groups, stems): group = sum of coefficient * stem
+    coefficients: torch.Tensor  # (groups, stems): group = sum of coefficient * stem
 
 
 def _padded_length(model: Any, length: int, segment_s: float | None) -> int:
@@ -261,16 +298,17 @@ def _segments(model: Any, frame_length: int, overlap: float, segment_s: float | 
     return segments, segment_length
 
 
-def _transition_weight(segment_length: int) -> "torch.Tensor":
+def _transition_weight(segment_length: int) -> torch.Tensor:
     """The triangle ``apply_model`` weighs a segment's output with (transition power 1)."""
     import torch
 
-    weight = torch.cat([torch.arange(1, segment_length // 2 + 1),
-                        torch.arange(segment_length - segment_length // 2, 0, -1)])  # fmt: skip
+    weight = torch.cat(
+        [torch.arange(1, segment_length // 2 + 1), torch.arange(segment_length - segment_length // 2, 0, -1)]
+    )
     return weight / weight.max()
 
 
-def _weight_sum(segments: list[_Segment], weight: "torch.Tensor", stride: int, start: int, stop: int) -> "torch.Tensor":
+def _weight_sum(segments: list[_Segment], weight: torch.Tensor, stride: int, start: int, stop: int) -> torch.Tensor:
     """Sum of the transition weights over frame samples ``[start, stop)`` (added in segment order)."""
     import torch
 
@@ -283,7 +321,7 @@ def _weight_sum(segments: list[_Segment], weight: "torch.Tensor", stride: int, s
     return total
 
 
-def _window(track: "torch.Tensor", start: int, length: int) -> "torch.Tensor":
+def _window(track: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """``track[:, start:start + length]``, zeros where that runs past either end."""
     import torch.nn.functional as F
 
@@ -304,7 +342,7 @@ def _batches(segments: list[_Segment], batch_size: int) -> list[list[_Segment]]:
     return batches
 
 
-def _passes(model: Any, groups: "torch.Tensor", shifts: int, shift_seed: int) -> list[_Pass]:
+def _passes(model: Any, groups: torch.Tensor, shifts: int, shift_seed: int) -> list[_Pass]:
     """One pass per (model of the bag, shift); shift offsets drawn in ``apply_model``'s order from ``Random(shift_seed)``.
 
     ``apply_model`` draws them from the global ``random``, which HTDemucs' transformer also consumes on
@@ -327,9 +365,18 @@ def _passes(model: Any, groups: "torch.Tensor", shifts: int, shift_seed: int) ->
     return passes
 
 
-def separate_stems(model: Any, mix: "torch.Tensor", groups: "torch.Tensor", *, segment_s: float | None = None,
-                   overlap: float = 0.25, shifts: int = 0, shift_seed: int = 0, batch_size: int = 1,
-                   hook: Callable[[int, int], None] | None = None) -> "torch.Tensor":  # fmt: skip
+def separate_stems(
+    model: Any,
+    mix: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    segment_s: float | None = None,
+    overlap: float = 0.25,
+    shifts: int = 0,
+    shift_seed: int = 0,
+    batch_size: int = 1,
+    hook: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """Weighted sums of the stems of ``mix``: ``(groups, channels, samples)`` float32 on the CPU.
 
     ``mix`` is ``(channels, samples)`` float32 on the CPU, at the model's rate and channel count, already
@@ -354,7 +401,9 @@ def separate_stems(model: Any, mix: "torch.Tensor", groups: "torch.Tensor", *, s
             stride = int((1 - overlap) * segment_length)
             coefficients = run.coefficients.to(device)
             for batch in _batches(segments, batch_size):
-                x = torch.stack([_window(mix, run.start + s.offset - (s.padded - s.length) // 2, s.padded) for s in batch])
+                x = torch.stack(
+                    [_window(mix, run.start + s.offset - (s.padded - s.length) // 2, s.padded) for s in batch]
+                )
                 y = torch.einsum("gs,bscl->bgcl", coefficients, run.model(x.to(device)))
                 for segment, stems in zip(batch, y):
                     trim = (segment.padded - segment.length) // 2
@@ -378,8 +427,10 @@ def _check(model: Any, channels: int, frames: int, segment_s: float | None) -> N
     if frames == 0:
         raise ValueError("cannot separate empty audio (0 samples)")
     if channels not in (1, model.audio_channels) and model.audio_channels != 1:
-        raise ValueError(f"cannot separate {channels}-channel audio with a {model.audio_channels}-channel model; "
-                         "give it mono or stereo audio (ingest with mono=True, or downmix)")  # fmt: skip
+        raise ValueError(
+            f"cannot separate {channels}-channel audio with a {model.audio_channels}-channel model; "
+            "give it mono or stereo audio (ingest with mono=True, or downmix)"
+        )
     if VOCALS not in model.sources:
         raise ValueError(f"the model separates {', '.join(model.sources)}: it has no {VOCALS!r} stem")
     members = model.models if isinstance(model, BagOfModels) else [model]
@@ -388,7 +439,7 @@ def _check(model: Any, channels: int, frames: int, segment_s: float | None) -> N
         raise ValueError(f"segment_s {segment_s} is longer than the transformer model was trained for ({longest} s)")
 
 
-def to_model_input(samples: np.ndarray, sample_rate_hz: int, model: Any) -> "torch.Tensor":
+def to_model_input(samples: np.ndarray, sample_rate_hz: int, model: Any) -> torch.Tensor:
     """``(channels, samples)`` audio as the model reads it: its rate (soxr) and channel count, a CPU tensor."""
     import torch
     from demucs.audio import convert_audio_channels
@@ -397,7 +448,9 @@ def to_model_input(samples: np.ndarray, sample_rate_hz: int, model: Any) -> "tor
     return convert_audio_channels(torch.from_numpy(resampled), model.audio_channels)
 
 
-def to_input_layout(stem: np.ndarray, model_rate_hz: int, sample_rate_hz: int, channels: int, frames: int) -> np.ndarray:
+def to_input_layout(
+    stem: np.ndarray, model_rate_hz: int, sample_rate_hz: int, channels: int, frames: int
+) -> np.ndarray:
     """A model-rate stem back at the input's rate, channel count (mean or copies) and exact length."""
     if stem.shape[0] != channels:
         stem = stem.mean(axis=0, keepdims=True) if channels == 1 else np.repeat(stem, channels, axis=0)
@@ -407,8 +460,13 @@ def to_input_layout(stem: np.ndarray, model_rate_hz: int, sample_rate_hz: int, c
     return np.ascontiguousarray(back[:, :frames], dtype=np.float32)
 
 
-def separate(samples: np.ndarray, sample_rate_hz: int, model: Any, options: SeparateOptions,
-             hook: Callable[[int, int], None] | None = None) -> Separation:  # fmt: skip
+def separate(
+    samples: np.ndarray,
+    sample_rate_hz: int,
+    model: Any,
+    options: SeparateOptions,
+    hook: Callable[[int, int], None] | None = None,
+) -> Separation:
     """Vocals and accompaniment of ``(channels, samples)`` float32 audio, at its rate and channel count.
 
     ``model`` is a loaded Demucs model or bag (:func:`load_separate_model`). At the model's rate the
@@ -423,8 +481,9 @@ def separate(samples: np.ndarray, sample_rate_hz: int, model: Any, options: Sepa
     return Separation(back[0], back[1], sample_rate_hz, tuple(model.sources))
 
 
-def _vocals_and_accompaniment(mix: "torch.Tensor", model: Any, options: SeparateOptions,
-                              hook: Callable[[int, int], None] | None) -> "torch.Tensor":  # fmt: skip
+def _vocals_and_accompaniment(
+    mix: torch.Tensor, model: Any, options: SeparateOptions, hook: Callable[[int, int], None] | None
+) -> torch.Tensor:
     """``(2, channels, samples)`` vocals and accompaniment of a model-rate ``mix``, normalised as the
     Separator does and restored (each stem gets the mean back, so the accompaniment gets it once per stem).
     """
@@ -439,9 +498,17 @@ def _vocals_and_accompaniment(mix: "torch.Tensor", model: Any, options: Separate
     vocals[model.sources.index(VOCALS)] = 1.0
 
     def run(batch_size: int) -> torch.Tensor:
-        return separate_stems(model, normalised, torch.stack([vocals, 1.0 - vocals]), segment_s=options.segment_s,
-                              overlap=options.overlap, shifts=options.shifts, shift_seed=options.shift_seed,
-                              batch_size=batch_size, hook=hook)  # fmt: skip
+        return separate_stems(
+            model,
+            normalised,
+            torch.stack([vocals, 1.0 - vocals]),
+            segment_s=options.segment_s,
+            overlap=options.overlap,
+            shifts=options.shifts,
+            shift_seed=options.shift_seed,
+            batch_size=batch_size,
+            hook=hook,
+        )
 
     out = halving_batch_on_oom(run, options.batch_size_on(str(next(model.parameters()).device)))
     out *= std
@@ -459,7 +526,9 @@ SPEC = StageSpec(STAGE, code_version=CODE_VERSION, gpu=True)
 
 
 @stage_task(SPEC)
-def separate_audio(audio: Any, options: SeparateOptions, settings: StoreSettings, models: ModelSettings) -> SeparateResult:
+def separate_audio(
+    audio: Any, options: SeparateOptions, settings: StoreSettings, models: ModelSettings
+) -> SeparateResult:
     """Split a stage's audio into ``vocals.wav`` (what the next stages read) and ``accompaniment.wav``."""
     ref = audio_input(audio)
     samples, rate = read_audio(ref, settings)

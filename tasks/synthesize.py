@@ -51,9 +51,10 @@ import re
 import struct
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -61,7 +62,16 @@ from pydantic import Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import quality
-from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source, seeded
+from voxflow.tasks.kit.models import (
+    RESIDENT,
+    ModelNotFound,
+    ModelSettings,
+    ModelSource,
+    holding,
+    hub_errors,
+    register_model_source,
+    seeded,
+)
 from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -111,24 +121,78 @@ class SynthesisItem:
 class SynthesizeOptions:
     """Which model speaks, how lines are cut and batched, how tokens are sampled, and how often a failing line is retried."""
 
-    model: Annotated[str | None, Field(description="Hugging Face repo id or a folder name under <model dir>/qwen-tts; None: the mode's default.")] = None
-    batch_size: Annotated[int, Field(ge=1, le=256, description="Pieces of text per model call (halved on out-of-memory).")] = 8
-    seed: Annotated[int, Field(ge=0, lt=2**32 - 2**20, description="torch.manual_seed before each model call; attempt k adds 1000 * k.")] = 0
-    max_chars: Annotated[int, Field(ge=10, le=2000, description="Longer texts are split at sentence, clause, then word boundaries into pieces of at most this many characters.")] = 200
-    crossfade_s: Annotated[float, Field(ge=0, le=1, description="Raised-cosine crossfade joining the pieces of one line, seconds.")] = 0.02
-    frames_per_char: Annotated[float, Field(gt=0, le=50, description="Codec frames (12.5 a second) allowed per character of a batch's longest text; 3.75 = 0.3 s a character.")] = 3.75
-    margin_frames: Annotated[int, Field(ge=2, le=4096, description="Frames added to the per-character budget (also the smallest max_new_tokens).")] = 25
-    max_new_tokens_cap: Annotated[int, Field(ge=2, le=8192, description="The largest max_new_tokens of any call (2048 frames = 164 s).")] = 2048
-    do_sample: Annotated[bool | None, Field(description="Sample tokens (True) or take the most likely (False); None: the model's generation_config.")] = None
-    temperature: Annotated[float | None, Field(gt=0, description="Sampling temperature; None: the model's generation_config.")] = None
-    top_k: Annotated[int | None, Field(ge=1, description="Sample among the k most likely tokens; None: the model's generation_config.")] = None
-    top_p: Annotated[float | None, Field(gt=0, le=1, description="Nucleus sampling mass; None: the model's generation_config.")] = None
-    x_vector_only: Annotated[bool, Field(description="Clone: the speaker embedding only, without the reference transcript and codes (ICL).")] = False
-    quality_retries: Annotated[int, Field(ge=0, le=10, description="Regenerations (new seed) of a line that fails the quality check before it is flagged.")] = 2
+    model: Annotated[
+        str | None,
+        Field(
+            description="Hugging Face repo id or a folder name under <model dir>/qwen-tts; None: the mode's default."
+        ),
+    ] = None
+    batch_size: Annotated[
+        int, Field(ge=1, le=256, description="Pieces of text per model call (halved on out-of-memory).")
+    ] = 8
+    seed: Annotated[
+        int,
+        Field(ge=0, lt=2**32 - 2**20, description="torch.manual_seed before each model call; attempt k adds 1000 * k."),
+    ] = 0
+    max_chars: Annotated[
+        int,
+        Field(
+            ge=10,
+            le=2000,
+            description="Longer texts are split at sentence, clause, then word boundaries into pieces of at most this many characters.",
+        ),
+    ] = 200
+    crossfade_s: Annotated[
+        float, Field(ge=0, le=1, description="Raised-cosine crossfade joining the pieces of one line, seconds.")
+    ] = 0.02
+    frames_per_char: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=50,
+            description="Codec frames (12.5 a second) allowed per character of a batch's longest text; 3.75 = 0.3 s a character.",
+        ),
+    ] = 3.75
+    margin_frames: Annotated[
+        int,
+        Field(
+            ge=2, le=4096, description="Frames added to the per-character budget (also the smallest max_new_tokens)."
+        ),
+    ] = 25
+    max_new_tokens_cap: Annotated[
+        int, Field(ge=2, le=8192, description="The largest max_new_tokens of any call (2048 frames = 164 s).")
+    ] = 2048
+    do_sample: Annotated[
+        bool | None,
+        Field(description="Sample tokens (True) or take the most likely (False); None: the model's generation_config."),
+    ] = None
+    temperature: Annotated[
+        float | None, Field(gt=0, description="Sampling temperature; None: the model's generation_config.")
+    ] = None
+    top_k: Annotated[
+        int | None,
+        Field(ge=1, description="Sample among the k most likely tokens; None: the model's generation_config."),
+    ] = None
+    top_p: Annotated[
+        float | None, Field(gt=0, le=1, description="Nucleus sampling mass; None: the model's generation_config.")
+    ] = None
+    x_vector_only: Annotated[
+        bool, Field(description="Clone: the speaker embedding only, without the reference transcript and codes (ICL).")
+    ] = False
+    quality_retries: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10,
+            description="Regenerations (new seed) of a line that fails the quality check before it is flagged.",
+        ),
+    ] = 2
 
     def __post_init__(self) -> None:
         if self.model is not None and (not self.model.strip() or self.model.startswith(".")):
-            raise ValueError(f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}")
+            raise ValueError(
+                f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}"
+            )
         if not 1 <= self.batch_size <= 256:
             raise ValueError(f"batch_size must be between 1 and 256, got {self.batch_size}")
         if not 0 <= self.seed < 2**32 - 2**20:
@@ -140,8 +204,10 @@ class SynthesizeOptions:
         if not 0 < self.frames_per_char <= 50:
             raise ValueError(f"frames_per_char must be in (0, 50], got {self.frames_per_char}")
         if not 2 <= self.margin_frames <= self.max_new_tokens_cap <= 8192:
-            raise ValueError(f"need 2 <= margin_frames <= max_new_tokens_cap <= 8192, got {self.margin_frames} and "
-                             f"{self.max_new_tokens_cap}")  # fmt: skip
+            raise ValueError(
+                f"need 2 <= margin_frames <= max_new_tokens_cap <= 8192, got {self.margin_frames} and "
+                f"{self.max_new_tokens_cap}"
+            )
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature must be positive or None, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -155,7 +221,7 @@ class SynthesizeOptions:
         """The model this mode runs: ``model``, else the mode's default."""
         return self.model or DEFAULT_MODELS[mode]
 
-    def voice_prompt_options(self) -> "VoicePromptOptions":
+    def voice_prompt_options(self) -> VoicePromptOptions:
         """The options of the ``voice_prompt`` stage these options synthesize with (clone mode)."""
         return VoicePromptOptions(model=self.model_name("clone"), x_vector_only=self.x_vector_only)
 
@@ -168,12 +234,18 @@ class SynthesizeOptions:
 class VoicePromptOptions:
     """What a voice-clone prompt depends on besides the reference and its transcript."""
 
-    model: Annotated[str, Field(min_length=1, description="The Base model (repo id or folder name) the prompt is for.")] = DEFAULT_MODELS["clone"]
-    x_vector_only: Annotated[bool, Field(description="The speaker embedding only (no transcript, no reference codes).")] = False
+    model: Annotated[
+        str, Field(min_length=1, description="The Base model (repo id or folder name) the prompt is for.")
+    ] = DEFAULT_MODELS["clone"]
+    x_vector_only: Annotated[
+        bool, Field(description="The speaker embedding only (no transcript, no reference codes).")
+    ] = False
 
     def __post_init__(self) -> None:
         if not self.model.strip() or self.model.startswith("."):
-            raise ValueError(f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}")
+            raise ValueError(
+                f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,7 +279,9 @@ def pull_tts_model(name: str, settings: ModelSettings) -> Path:
 
 # one source per mode, so `voxflow models pull` fetches all three (stages synthesize, synthesize-design, -custom)
 for _mode, _stage in (("clone", STAGE), ("design", f"{STAGE}-design"), ("custom", f"{STAGE}-custom")):
-    register_model_source(ModelSource(_stage, LIBRARY, DEFAULT_MODELS[_mode], pull=pull_tts_model, present=local_tts_model))
+    register_model_source(
+        ModelSource(_stage, LIBRARY, DEFAULT_MODELS[_mode], pull=pull_tts_model, present=local_tts_model)
+    )
 
 
 @contextlib.contextmanager
@@ -242,15 +316,20 @@ def _read_model(folder: Path, device: str) -> Qwen3TTSModel:
     import torch
 
     qwen_tts = import_qwen_tts()
-    kwargs: dict[str, Any] = {"device_map": device, "dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32}
+    kwargs: dict[str, Any] = {
+        "device_map": device,
+        "dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+    }
     if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
         kwargs["attn_implementation"] = "flash_attention_2"
     try:
         return qwen_tts.Qwen3TTSModel.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ModelNotFound(f"cannot load Qwen3-TTS model folder {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                            "it must hold config.json, model.safetensors, generation_config.json, the tokenizer files "
-                            "and speech_tokenizer/ as the Hugging Face repos do") from e  # fmt: skip
+        raise ModelNotFound(
+            f"cannot load Qwen3-TTS model folder {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+            "it must hold config.json, model.safetensors, generation_config.json, the tokenizer files "
+            "and speech_tokenizer/ as the Hugging Face repos do"
+        ) from e
 
 
 def _download(name: str, settings: ModelSettings) -> Path:
@@ -264,7 +343,9 @@ def _download(name: str, settings: ModelSettings) -> Path:
         return Path(snapshot_download(name, token=settings.token()))
 
 
-def load_tts_model(name: str, device: str = "cpu", model_dir: str | Path | None = None, token: str | None = None) -> Qwen3TTSModel:
+def load_tts_model(
+    name: str, device: str = "cpu", model_dir: str | Path | None = None, token: str | None = None
+) -> Qwen3TTSModel:
     """The Qwen3-TTS model ``name`` (a ``qwen_tts.Qwen3TTSModel``) on ``device``, loaded once per process.
 
     ``<model_dir>/qwen-tts/<repository name>/`` first, then ``name`` as a folder, else a hub download
@@ -274,7 +355,9 @@ def load_tts_model(name: str, device: str = "cpu", model_dir: str | Path | None 
     """
     from pydantic import SecretStr
 
-    settings = ModelSettings(model_dir=str(model_dir) if model_dir else None, hf_token=SecretStr(token) if token else None)
+    settings = ModelSettings(
+        model_dir=str(model_dir) if model_dir else None, hf_token=SecretStr(token) if token else None
+    )
     folder = local_tts_model(name, settings)
 
     def load() -> Qwen3TTSModel:
@@ -347,22 +430,30 @@ def validate_items(model: Qwen3TTSModel, mode: Mode, items: Sequence[SynthesisIt
         raise ValueError(f"mode must be one of {', '.join(MODEL_TYPES)}, got {mode!r}")
     kind = model_type(model)
     if kind != MODEL_TYPES[mode]:
-        raise ValueError(f"mode {mode!r} needs a {MODEL_TYPES[mode]} model (such as {DEFAULT_MODELS[mode]}), "
-                         f"but the model is a {kind} model")  # fmt: skip
+        raise ValueError(
+            f"mode {mode!r} needs a {MODEL_TYPES[mode]} model (such as {DEFAULT_MODELS[mode]}), "
+            f"but the model is a {kind} model"
+        )
     languages, speakers = supported_languages(model), supported_speakers(model)
     for i, item in enumerate(items):
         if not isinstance(item.text, str) or not item.text.strip():
             raise ValueError(f"line {i}: text is empty")
         if not isinstance(item.language, str) or item.language.lower() not in languages:
-            raise ValueError(f"line {i}: language {item.language!r} is not supported; supported: {', '.join(languages)}")
+            raise ValueError(
+                f"line {i}: language {item.language!r} is not supported; supported: {', '.join(languages)}"
+            )
         if mode == "custom":
             if not item.speaker:
                 raise ValueError(f"line {i}: custom mode needs a speaker; speakers: {', '.join(speakers)}")
             if item.speaker.lower() not in speakers:
-                raise ValueError(f"line {i}: speaker {item.speaker!r} is not supported; speakers: {', '.join(speakers)}")
+                raise ValueError(
+                    f"line {i}: speaker {item.speaker!r} is not supported; speakers: {', '.join(speakers)}"
+                )
             if item.instruction and str(model.model.tts_model_size) in "0b6":
-                raise ValueError(f"line {i}: this 0.6B CustomVoice model ignores instructions; use "
-                                 f"{DEFAULT_MODELS['custom']} or leave instruction empty")  # fmt: skip
+                raise ValueError(
+                    f"line {i}: this 0.6B CustomVoice model ignores instructions; use "
+                    f"{DEFAULT_MODELS['custom']} or leave instruction empty"
+                )
         elif item.speaker or item.instruction:
             raise ValueError(f"line {i}: speaker and instruction are for custom mode, not {mode}")
         if mode == "design" and not (item.voice_description or "").strip():
@@ -466,7 +557,7 @@ class VoicePrompt:
     ref_text: str | None = None
 
     @classmethod
-    def from_item(cls, item: VoiceClonePromptItem) -> "VoicePrompt":
+    def from_item(cls, item: VoiceClonePromptItem) -> VoicePrompt:
         """The CPU copy of a package prompt item (float32 embedding, int64 codes)."""
         code = None if item.ref_code is None else item.ref_code.detach().cpu().to(dtype=_torch().int64).numpy()
         embedding = item.ref_spk_embedding.detach().float().cpu().numpy()
@@ -478,8 +569,13 @@ class VoicePrompt:
         from qwen_tts import VoiceClonePromptItem
 
         code = None if self.ref_code is None else torch.from_numpy(np.ascontiguousarray(self.ref_code))
-        return VoiceClonePromptItem(code, torch.from_numpy(np.ascontiguousarray(self.ref_spk_embedding)),
-                                    self.x_vector_only_mode, self.icl_mode, self.ref_text)  # fmt: skip
+        return VoiceClonePromptItem(
+            code,
+            torch.from_numpy(np.ascontiguousarray(self.ref_spk_embedding)),
+            self.x_vector_only_mode,
+            self.icl_mode,
+            self.ref_text,
+        )
 
     def to_bytes(self) -> bytes:
         """safetensors bytes: the arrays, and the flags and transcript as metadata (deterministic)."""
@@ -488,13 +584,17 @@ class VoicePrompt:
         tensors = {"ref_spk_embedding": np.ascontiguousarray(self.ref_spk_embedding, dtype=np.float32)}
         if self.ref_code is not None:
             tensors["ref_code"] = np.ascontiguousarray(self.ref_code, dtype=np.int64)
-        fields = {"format": PROMPT_FORMAT, "x_vector_only_mode": self.x_vector_only_mode, "icl_mode": self.icl_mode,
-                  "ref_text": self.ref_text}  # fmt: skip
+        fields = {
+            "format": PROMPT_FORMAT,
+            "x_vector_only_mode": self.x_vector_only_mode,
+            "icl_mode": self.icl_mode,
+            "ref_text": self.ref_text,
+        }
         # one metadata key: safetensors writes several in no fixed order
         return save(tensors, metadata={"voice_prompt": json.dumps(fields, sort_keys=True, ensure_ascii=False)})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "VoicePrompt":
+    def from_bytes(cls, data: bytes) -> VoicePrompt:
         """The prompt :meth:`to_bytes` wrote; :class:`ValueError` for anything else."""
         from safetensors.numpy import load
 
@@ -507,8 +607,13 @@ class VoicePrompt:
             tensors = load(data)
         except (struct.error, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"not a voice prompt ({PROMPT_FORMAT}): {e}") from e
-        return cls(tensors.get("ref_code"), tensors["ref_spk_embedding"], bool(flags["x_vector_only_mode"]),
-                   bool(flags["icl_mode"]), flags["ref_text"])  # fmt: skip
+        return cls(
+            tensors.get("ref_code"),
+            tensors["ref_spk_embedding"],
+            bool(flags["x_vector_only_mode"]),
+            bool(flags["icl_mode"]),
+            flags["ref_text"],
+        )
 
 
 def _torch() -> Any:
@@ -517,8 +622,9 @@ def _torch() -> Any:
     return torch
 
 
-def voice_prompt(model: Qwen3TTSModel, samples: np.ndarray, sample_rate_hz: int, transcript: str | None,
-                 x_vector_only: bool = False) -> VoicePrompt:  # fmt: skip
+def voice_prompt(
+    model: Qwen3TTSModel, samples: np.ndarray, sample_rate_hz: int, transcript: str | None, x_vector_only: bool = False
+) -> VoicePrompt:
     """The voice-clone prompt of a reference recording (``model.create_voice_clone_prompt``, once).
 
     ``samples`` is mono or ``(channels, samples)`` (downmixed) at ``sample_rate_hz``, passed in memory
@@ -526,17 +632,23 @@ def voice_prompt(model: Qwen3TTSModel, samples: np.ndarray, sample_rate_hz: int,
     ``x_vector_only`` (then only the speaker embedding is used).
     """
     if model_type(model) != "base":
-        raise ValueError(f"a voice prompt needs a base model (such as {DEFAULT_MODELS['clone']}), not a {model_type(model)} model")
+        raise ValueError(
+            f"a voice prompt needs a base model (such as {DEFAULT_MODELS['clone']}), not a {model_type(model)} model"
+        )
     mono = _mono(samples)
     if mono.size < MIN_REFERENCE_S * sample_rate_hz:
-        raise ValueError(f"the reference recording is {mono.size / sample_rate_hz:.2f} s long; a voice needs at least "
-                         f"{MIN_REFERENCE_S:g} s (3 s or more is best)")  # fmt: skip
+        raise ValueError(
+            f"the reference recording is {mono.size / sample_rate_hz:.2f} s long; a voice needs at least "
+            f"{MIN_REFERENCE_S:g} s (3 s or more is best)"
+        )
     if not x_vector_only and not (transcript or "").strip():
         raise ValueError("cloning with the reference's words (x_vector_only False) needs its transcript")
     with quiet_transformers(), holding(model):
-        items = model.create_voice_clone_prompt(ref_audio=(mono, int(sample_rate_hz)),
-                                                ref_text=None if x_vector_only else transcript.strip(),  # type: ignore[union-attr]
-                                                x_vector_only_mode=x_vector_only)  # fmt: skip
+        items = model.create_voice_clone_prompt(
+            ref_audio=(mono, int(sample_rate_hz)),
+            ref_text=None if x_vector_only else transcript.strip(),  # type: ignore[union-attr]
+            x_vector_only_mode=x_vector_only,
+        )
     return VoicePrompt.from_item(items[0])
 
 
@@ -575,14 +687,25 @@ class _Generated:
     hit_token_limit: bool
 
 
-def _call_model(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items: Sequence[SynthesisItem],
-                prompt: VoiceClonePromptItem | None, options: SynthesizeOptions, seed: int) -> list[_Generated]:  # fmt: skip
+def _call_model(
+    model: Qwen3TTSModel,
+    mode: Mode,
+    pieces: Sequence[_Piece],
+    items: Sequence[SynthesisItem],
+    prompt: VoiceClonePromptItem | None,
+    options: SynthesizeOptions,
+    seed: int,
+) -> list[_Generated]:
     """One call of the model's list API for ``pieces``, seeded right before it (:func:`~voxflow.tasks.kit.models.seeded`)."""
     texts = [p.text for p in pieces]
     lines = [items[p.line] for p in pieces]
     max_new_tokens = max_new_tokens_for(texts, options)
-    kwargs = {"text": texts, "language": [item.language for item in lines], "max_new_tokens": max_new_tokens,
-              **options.generate_kwargs()}  # fmt: skip
+    kwargs = {
+        "text": texts,
+        "language": [item.language for item in lines],
+        "max_new_tokens": max_new_tokens,
+        **options.generate_kwargs(),
+    }
     with quiet_transformers(), holding(model), seeded(seed):
         started = time.perf_counter()  # after the wait for the model: compute time only
         if mode == "clone":
@@ -590,20 +713,35 @@ def _call_model(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], item
         elif mode == "design":
             wavs, rate = model.generate_voice_design(instruct=[item.voice_description for item in lines], **kwargs)
         else:
-            wavs, rate = model.generate_custom_voice(speaker=[item.speaker for item in lines],
-                                                     instruct=[item.instruction or "" for item in lines], **kwargs)  # fmt: skip
+            wavs, rate = model.generate_custom_voice(
+                speaker=[item.speaker for item in lines], instruct=[item.instruction or "" for item in lines], **kwargs
+            )
     wall_s = time.perf_counter() - started
     wavs = [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs]
     total = sum(w.size for w in wavs)
     hop = rate / CODEC_FRAME_RATE_HZ
     # generate() yields max_new_tokens - 1 frames when no end token came
-    return [_Generated(w, int(rate), wall_s * (w.size / total if total else 1 / len(wavs)),
-                       round(w.size / hop) >= max_new_tokens - 1) for w in wavs]  # fmt: skip
+    return [
+        _Generated(
+            w,
+            int(rate),
+            wall_s * (w.size / total if total else 1 / len(wavs)),
+            round(w.size / hop) >= max_new_tokens - 1,
+        )
+        for w in wavs
+    ]
 
 
-def _generate(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items: Sequence[SynthesisItem],
-              prompt: VoiceClonePromptItem | None, options: SynthesizeOptions, seed: int,
-              progress: Callable[[int], None]) -> dict[_Piece, _Generated]:  # fmt: skip
+def _generate(
+    model: Qwen3TTSModel,
+    mode: Mode,
+    pieces: Sequence[_Piece],
+    items: Sequence[SynthesisItem],
+    prompt: VoiceClonePromptItem | None,
+    options: SynthesizeOptions,
+    seed: int,
+    progress: Callable[[int], None],
+) -> dict[_Piece, _Generated]:
     """Every piece, longest first, in buckets of ``batch_size`` (halved for good after an out-of-memory)."""
     order = sorted(pieces, key=lambda p: (-len(p.text), p.line, p.index))
     batch = [options.batch_size]
@@ -611,7 +749,11 @@ def _generate(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items:
 
     def call(bucket: Sequence[_Piece], size: int) -> list[_Generated]:
         batch[0] = size
-        return [g for i in range(0, len(bucket), size) for g in _call_model(model, mode, bucket[i : i + size], items, prompt, options, seed)]
+        return [
+            g
+            for i in range(0, len(bucket), size)
+            for g in _call_model(model, mode, bucket[i : i + size], items, prompt, options, seed)
+        ]
 
     start = 0
     while start < len(order):
@@ -623,10 +765,16 @@ def _generate(model: Qwen3TTSModel, mode: Mode, pieces: Sequence[_Piece], items:
     return out
 
 
-def synthesize(model: Qwen3TTSModel, mode: Mode, items: Sequence[SynthesisItem],
-               options: SynthesizeOptions = SynthesizeOptions(), prompt: VoicePrompt | None = None,
-               hook: Callable[[int, int], None] | None = None, *,
-               check: Callable[..., tuple[str, ...]] = quality.check_speech) -> list[Speech]:  # fmt: skip
+def synthesize(
+    model: Qwen3TTSModel,
+    mode: Mode,
+    items: Sequence[SynthesisItem],
+    options: SynthesizeOptions = SynthesizeOptions(),
+    prompt: VoicePrompt | None = None,
+    hook: Callable[[int, int], None] | None = None,
+    *,
+    check: Callable[..., tuple[str, ...]] = quality.check_speech,
+) -> list[Speech]:
     """Speak every item with ``model`` in ``mode``; one :class:`Speech` per item, in the items' order.
 
     Clone mode needs ``prompt`` (:func:`voice_prompt`). Splitting, batching, joining and the quality
@@ -637,8 +785,10 @@ def synthesize(model: Qwen3TTSModel, mode: Mode, items: Sequence[SynthesisItem],
     if (mode == "clone") != (prompt is not None):
         raise ValueError("clone mode needs a voice prompt" if mode == "clone" else f"{mode} mode takes no voice prompt")
     prompt_item = prompt.to_item() if prompt is not None else None
-    pieces = {line: [_Piece(line, k, t) for k, t in enumerate(split_text(item.text, options.max_chars))]
-              for line, item in enumerate(items)}  # fmt: skip
+    pieces = {
+        line: [_Piece(line, k, t) for k, t in enumerate(split_text(item.text, options.max_chars))]
+        for line, item in enumerate(items)
+    }
     done, total = 0, 0
 
     def progress(count: int) -> None:
@@ -660,10 +810,16 @@ def synthesize(model: Qwen3TTSModel, mode: Mode, items: Sequence[SynthesisItem],
         for line in pending:
             outs = [generated[p] for p in pieces[line]]
             rate = outs[0].sample_rate_hz
-            issues = {issue for p, g in zip(pieces[line], outs) for issue in check(g.samples, rate, p.text, hit_token_limit=g.hit_token_limit)}
+            issues = {
+                issue
+                for p, g in zip(pieces[line], outs)
+                for issue in check(g.samples, rate, p.text, hit_token_limit=g.hit_token_limit)
+            }
             compute_s = sum(g.compute_s for g in outs) + (results[line].compute_s if line in results else 0.0)
             samples = crossfade_join([g.samples for g in outs], round(options.crossfade_s * rate))
-            ordered = tuple(issue for issue in quality.ISSUES if issue in issues) + tuple(sorted(issues - set(quality.ISSUES)))
+            ordered = tuple(issue for issue in quality.ISSUES if issue in issues) + tuple(
+                sorted(issues - set(quality.ISSUES))
+            )
             results[line] = Speech(samples, rate, seed, attempt + 1, ordered, compute_s)
             if issues:
                 failing.append(line)
@@ -693,8 +849,10 @@ def reference_words(transcript: Any, settings: StoreSettings, name: str) -> str:
     said = transcript.transcript(settings)  # voxflow.tasks.transcribe.TranscribeResult
     words = " ".join(segment.text.strip() for segment in said.segments if segment.text.strip())
     if not words:
-        raise ValueError(f"voice reference {name!r}: no speech was transcribed from it; give its transcript "
-                         "(--transcript, or the transcript parameter)")  # fmt: skip
+        raise ValueError(
+            f"voice reference {name!r}: no speech was transcribed from it; give its transcript "
+            "(--transcript, or the transcript parameter)"
+        )
     return words
 
 
@@ -771,22 +929,48 @@ class SynthesisResult:
         """What a summary table shows of a synthesis."""
         flagged = sum(1 for line in self.lines if line.issues)
         duration_s = sum(line.duration_s for line in self.lines)
-        return {"lines": len(self.lines), "flagged": flagged, "duration_s": round(duration_s, 3),
-                "model": self.lines[0].model if self.lines else None}  # fmt: skip
+        return {
+            "lines": len(self.lines),
+            "flagged": flagged,
+            "duration_s": round(duration_s, 3),
+            "model": self.lines[0].model if self.lines else None,
+        }
 
 
-def _line_record(item: SynthesisItem, speech: Speech, artifact: ArtifactRef, mode: Mode, model: str,
-                 revision: str, prompt: VoicePromptResult | None) -> SynthesizedLine:  # fmt: skip
+def _line_record(
+    item: SynthesisItem,
+    speech: Speech,
+    artifact: ArtifactRef,
+    mode: Mode,
+    model: str,
+    revision: str,
+    prompt: VoicePromptResult | None,
+) -> SynthesizedLine:
     duration_s = speech.duration_s
-    return SynthesizedLine(item.text, artifact, speech.seed, speech.attempts, speech.issues, duration_s, speech.compute_s,
-                           speech.compute_s / duration_s if duration_s else math.inf, model, revision, mode, item.language,
-                           item.speaker, item.instruction, item.voice_description,
-                           prompt.reference_sha256 if prompt else None)  # fmt: skip
+    return SynthesizedLine(
+        item.text,
+        artifact,
+        speech.seed,
+        speech.attempts,
+        speech.issues,
+        duration_s,
+        speech.compute_s,
+        speech.compute_s / duration_s if duration_s else math.inf,
+        model,
+        revision,
+        mode,
+        item.language,
+        item.speaker,
+        item.instruction,
+        item.voice_description,
+        prompt.reference_sha256 if prompt else None,
+    )
 
 
 @stage_task(StageSpec(PROMPT_STAGE, code_version=CODE_VERSION, gpu=True, inputs=("reference", "transcript")))
-def clone_prompt(reference: Any, transcript: Any, options: VoicePromptOptions, settings: StoreSettings,
-                 models: ModelSettings) -> VoicePromptResult:  # fmt: skip
+def clone_prompt(
+    reference: Any, transcript: Any, options: VoicePromptOptions, settings: StoreSettings, models: ModelSettings
+) -> VoicePromptResult:
     """The voice-clone prompt of a reference recording (audio, or a stage result with ``.artifact``) for one Base model.
 
     Cached on the reference's bytes, the transcript's text and the options (model, x-vector-only),
@@ -799,15 +983,24 @@ def clone_prompt(reference: Any, transcript: Any, options: VoicePromptOptions, s
     ref = audio_input(reference)
     samples, rate = read_audio(ref, settings)
     model = load_tts_model(options.model, models.torch_device(), models.model_dir, models.token())
-    words = reference_words(transcript, settings, ref.uri) if transcript is not None and not options.x_vector_only else None
+    words = (
+        reference_words(transcript, settings, ref.uri) if transcript is not None and not options.x_vector_only else None
+    )
     prompt = voice_prompt(model, samples, rate, words, options.x_vector_only)
     artifact = write_artifact(settings, PROMPT_NAME, prompt.to_bytes())
-    return VoicePromptResult(artifact, source_sha256_of(reference), options.model, None if options.x_vector_only else words)
+    return VoicePromptResult(
+        artifact, source_sha256_of(reference), options.model, None if options.x_vector_only else words
+    )
 
 
 @stage_task(StageSpec(STAGE, code_version=CODE_VERSION, gpu=True, inputs=("lines", "prompt")))
-def synthesize_lines(lines: SynthesisRequest, prompt: VoicePromptResult | None, options: SynthesizeOptions,
-                     settings: StoreSettings, models: ModelSettings) -> SynthesisResult:  # fmt: skip
+def synthesize_lines(
+    lines: SynthesisRequest,
+    prompt: VoicePromptResult | None,
+    options: SynthesizeOptions,
+    settings: StoreSettings,
+    models: ModelSettings,
+) -> SynthesisResult:
     """Speak a request's lines (clone mode: in the prompt's voice); writes line-000.wav, ... at 24 kHz."""
     name = options.model_name(lines.mode)
     if prompt is not None and prompt.model != name:
@@ -817,9 +1010,15 @@ def synthesize_lines(lines: SynthesisRequest, prompt: VoicePromptResult | None, 
     speeches = synthesize(model, lines.mode, lines.items, options, voice)
     revision = model_revision(name, models.model_dir)
     records = tuple(
-        _line_record(item, speech, write_audio(settings, f"line-{i:03d}.wav", speech.samples, speech.sample_rate_hz),
-                     lines.mode, name, revision, prompt)
+        _line_record(
+            item,
+            speech,
+            write_audio(settings, f"line-{i:03d}.wav", speech.samples, speech.sample_rate_hz),
+            lines.mode,
+            name,
+            revision,
+            prompt,
+        )
         for i, (item, speech) in enumerate(zip(lines.items, speeches))
-    )  # fmt: skip
+    )
     return SynthesisResult(records)
-

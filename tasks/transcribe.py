@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal, Sequence, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -42,12 +43,20 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers import audio as audio_io
 from voxflow.tasks.helpers import subtitles
-from voxflow.tasks.kit.models import RESIDENT, ModelNotFound, ModelSettings, ModelSource, holding, hub_errors, register_model_source
+from voxflow.tasks.helpers.speakers import Turn, parse_rttm
+from voxflow.tasks.helpers.subtitles import Segment, Transcript, Word
+from voxflow.tasks.kit.models import (
+    RESIDENT,
+    ModelNotFound,
+    ModelSettings,
+    ModelSource,
+    holding,
+    hub_errors,
+    register_model_source,
+)
 from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact
 from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom
-from voxflow.tasks.helpers.speakers import Turn, parse_rttm
 from voxflow.tasks.kit.stage import StageSpec, stage_task
-from voxflow.tasks.helpers.subtitles import Segment, Transcript, Word
 
 STAGE = "transcribe"
 CODE_VERSION = "1"
@@ -80,16 +89,36 @@ def whisper_languages() -> dict[str, str]:
 class TranscribeOptions:
     """How speech becomes segments and words."""
 
-    model: Annotated[str, Field(description="Whisper model: <model dir>/whisper/<name>.pt (faster-whisper: <model dir>/faster-whisper/<name>/) or an official name.")] = DEFAULT_MODEL
-    backend: Annotated[Backend, Field(description="Decoder: openai-whisper (PyTorch) or faster-whisper (CTranslate2).")] = "whisper"
-    language: Annotated[str, Field(description="Whisper language code, or 'auto': detected once on the first speech chunk.")] = "auto"
-    chunk_s: Annotated[float, Field(gt=0, le=WINDOW_S, description="Longest speech chunk decoded as one window, seconds.")] = 30.0
+    model: Annotated[
+        str,
+        Field(
+            description="Whisper model: <model dir>/whisper/<name>.pt (faster-whisper: <model dir>/faster-whisper/<name>/) or an official name."
+        ),
+    ] = DEFAULT_MODEL
+    backend: Annotated[
+        Backend, Field(description="Decoder: openai-whisper (PyTorch) or faster-whisper (CTranslate2).")
+    ] = "whisper"
+    language: Annotated[
+        str, Field(description="Whisper language code, or 'auto': detected once on the first speech chunk.")
+    ] = "auto"
+    chunk_s: Annotated[
+        float, Field(gt=0, le=WINDOW_S, description="Longest speech chunk decoded as one window, seconds.")
+    ] = 30.0
     batch_size: Annotated[int, Field(ge=1, description="Windows decoded at once (halved on GPU out-of-memory).")] = 8
     word_timestamps: Annotated[bool, Field(description="Word times from whisper's cross-attention alignment.")] = True
-    max_tokens: Annotated[int | None, Field(ge=1, le=MAX_TOKENS, description="Most tokens sampled per window; None: whisper's 224 (both backends).")] = None
-    vad_threshold: Annotated[float, Field(gt=0, lt=1, description="Silero speech probability above which a frame is speech.")] = 0.5
-    vad_min_silence_s: Annotated[float, Field(ge=0, description="Shortest pause that ends a speech region, seconds.")] = 0.1
-    vad_pad_s: Annotated[float, Field(ge=0, description="Padding added to each side of a speech region, seconds.")] = 0.03
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=1, le=MAX_TOKENS, description="Most tokens sampled per window; None: whisper's 224 (both backends)."),
+    ] = None
+    vad_threshold: Annotated[
+        float, Field(gt=0, lt=1, description="Silero speech probability above which a frame is speech.")
+    ] = 0.5
+    vad_min_silence_s: Annotated[
+        float, Field(ge=0, description="Shortest pause that ends a speech region, seconds.")
+    ] = 0.1
+    vad_pad_s: Annotated[float, Field(ge=0, description="Padding added to each side of a speech region, seconds.")] = (
+        0.03
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in get_args(Backend):
@@ -106,7 +135,9 @@ class TranscribeOptions:
         if not 0 < self.vad_threshold < 1:
             raise ValueError(f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
         if self.vad_min_silence_s < 0 or self.vad_pad_s < 0:
-            raise ValueError(f"vad_min_silence_s and vad_pad_s must be >= 0, got {self.vad_min_silence_s}, {self.vad_pad_s}")
+            raise ValueError(
+                f"vad_min_silence_s and vad_pad_s must be >= 0, got {self.vad_min_silence_s}, {self.vad_pad_s}"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,8 +183,13 @@ class TranscribeResult:
 
     def summary(self) -> dict:
         """What a summary table shows of a transcribed file."""
-        return {"language": self.language, "segments": self.segments, "words": self.words,
-                "speakers": len(self.speakers), "sha256": self.source_sha256[:12]}  # fmt: skip
+        return {
+            "language": self.language,
+            "segments": self.segments,
+            "words": self.words,
+            "speakers": len(self.speakers),
+            "sha256": self.source_sha256[:12],
+        }
 
     def transcript(self, settings: StoreSettings) -> Transcript:
         """The stored transcript (read from ``transcript.json``)."""
@@ -192,7 +228,10 @@ def _set_official_alignment_heads(model: Any, name: str) -> None:
     from whisper import _ALIGNMENT_HEADS
 
     dump = _ALIGNMENT_HEADS.get(name)
-    if dump is not None and len(gzip.decompress(base64.b85decode(dump))) == model.dims.n_text_layer * model.dims.n_text_head:
+    if (
+        dump is not None
+        and len(gzip.decompress(base64.b85decode(dump))) == model.dims.n_text_layer * model.dims.n_text_head
+    ):
         model.set_alignment_heads(dump)
 
 
@@ -206,15 +245,19 @@ def _load_whisper(name: str, device: str, settings: ModelSettings) -> Any:
         return model.eval()
     if name not in whisper.available_models():
         where = settings.folder / LIBRARY if settings.folder else "the model folder (none set)"
-        raise ModelNotFound(f"whisper model {name!r} is not in {where} and is not an official name "
-                            f"({', '.join(whisper.available_models())})")  # fmt: skip
+        raise ModelNotFound(
+            f"whisper model {name!r} is not in {where} and is not an official name "
+            f"({', '.join(whisper.available_models())})"
+        )
     root = str(settings.library_dir(LIBRARY)) if settings.folder else None
     with hub_errors(name):
         try:
             return whisper.load_model(name, device=device, download_root=root).eval()
         except OSError as e:  # urllib's URLError: offline or unreachable
-            raise ModelNotFound(f"whisper model {name!r} is not in the model folder and could not be downloaded "
-                                f"({e}); run 'voxflow models pull' where there is internet") from e  # fmt: skip
+            raise ModelNotFound(
+                f"whisper model {name!r} is not in the model folder and could not be downloaded "
+                f"({e}); run 'voxflow models pull' where there is internet"
+            ) from e
 
 
 def _load_faster_whisper(name: str, device: str, settings: ModelSettings) -> Any:
@@ -224,11 +267,14 @@ def _load_faster_whisper(name: str, device: str, settings: ModelSettings) -> Any
     folder = settings.local(FASTER_WHISPER_LIBRARY, name)
     root = str(settings.library_dir(FASTER_WHISPER_LIBRARY)) if settings.folder else None
     with hub_errors(name):  # a name without a local folder: faster-whisper's Hugging Face download
-        return WhisperModel(str(folder) if folder else name, device=device, cpu_threads=torch.get_num_threads(),
-                            download_root=root)  # fmt: skip
+        return WhisperModel(
+            str(folder) if folder else name, device=device, cpu_threads=torch.get_num_threads(), download_root=root
+        )
 
 
-def load_transcribe_model(name: str, device: str, model_dir: str | Path | None = None, backend: Backend = "whisper") -> Any:
+def load_transcribe_model(
+    name: str, device: str, model_dir: str | Path | None = None, backend: Backend = "whisper"
+) -> Any:
     """Whisper ``name`` on ``device``, loaded once per process: openai-whisper's ``Whisper``, or for
     the ``faster-whisper`` backend a ``faster_whisper.WhisperModel`` (CTranslate2).
 
@@ -239,7 +285,9 @@ def load_transcribe_model(name: str, device: str, model_dir: str | Path | None =
     """
     settings = ModelSettings(model_dir=str(model_dir) if model_dir else None)
     load = _load_faster_whisper if backend == "faster-whisper" else _load_whisper
-    return RESIDENT.get((backend, name, str(settings.folder)), device, lambda: load(name, device, settings), stage=STAGE)
+    return RESIDENT.get(
+        (backend, name, str(settings.folder)), device, lambda: load(name, device, settings), stage=STAGE
+    )
 
 
 def load_vad_model() -> Any:
@@ -285,7 +333,11 @@ def _split_long(region: Span, probabilities: np.ndarray, limit: int) -> list[Spa
     parts, start = [], region.start
     while region.end - start > limit:
         first, last = -(-(start + limit // 2) // VAD_FRAME), (start + limit) // VAD_FRAME
-        cut = max((first + int(np.argmin(probabilities[first:last]))) * VAD_FRAME, start + 1) if last > first else start + limit
+        cut = (
+            max((first + int(np.argmin(probabilities[first:last]))) * VAD_FRAME, start + 1)
+            if last > first
+            else start + limit
+        )
         parts.append(Span(start, cut))
         start = cut
     return parts + [Span(start, region.end)]
@@ -298,10 +350,13 @@ def detect_speech(samples: np.ndarray, vad: Any, options: TranscribeOptions) -> 
 
     probabilities = speech_probabilities(samples, vad)
     regions = get_speech_timestamps_from_probs(
-        probabilities.tolist(), sampling_rate=SAMPLE_RATE_HZ, threshold=options.vad_threshold,
-        min_silence_duration_ms=round(options.vad_min_silence_s * 1000), speech_pad_ms=round(options.vad_pad_s * 1000),
+        probabilities.tolist(),
+        sampling_rate=SAMPLE_RATE_HZ,
+        threshold=options.vad_threshold,
+        min_silence_duration_ms=round(options.vad_min_silence_s * 1000),
+        speech_pad_ms=round(options.vad_pad_s * 1000),
         audio_length_samples=len(samples),
-    )  # fmt: skip
+    )
     limit = round(options.chunk_s * SAMPLE_RATE_HZ)
     return [part for r in regions for part in _split_long(Span(r["start"], r["end"]), probabilities, limit)]
 
@@ -414,9 +469,12 @@ class _WhisperSteps:
         from whisper.tokenizer import get_tokenizer
 
         model = self.model
-        self.decoding = whisper.DecodingOptions(language=language, temperature=0.0, sample_len=options.max_tokens,
-                                                fp16=model.device.type == "cuda")  # fmt: skip
-        self.tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages, language=language, task="transcribe")
+        self.decoding = whisper.DecodingOptions(
+            language=language, temperature=0.0, sample_len=options.max_tokens, fp16=model.device.type == "cuda"
+        )
+        self.tokenizer = get_tokenizer(
+            model.is_multilingual, num_languages=model.num_languages, language=language, task="transcribe"
+        )
         return self.tokenizer
 
     def decode(self, samples: np.ndarray, batch: list[_Chunk]) -> list[_Decoded]:
@@ -424,17 +482,26 @@ class _WhisperSteps:
         import whisper
 
         mels = torch.stack([self.mel(samples, chunk) for chunk in batch])
-        return [_Decoded(r.tokens, r.avg_logprob, r.no_speech_prob, r.audio_features)
-                for r in whisper.decode(self.model, mels, self.decoding)]  # fmt: skip
+        return [
+            _Decoded(r.tokens, r.avg_logprob, r.no_speech_prob, r.audio_features)
+            for r in whisper.decode(self.model, mels, self.decoding)
+        ]
 
     def align(self, segments: list[dict], decoded: _Decoded, chunk: _Chunk) -> None:
         """Add ``words`` to a window's segments (whisper's ``add_word_timestamps``)."""
         from whisper.timing import add_word_timestamps
 
         with _keeping_torch_threads():
-            add_word_timestamps(segments=segments, model=_EncodedWhisper(self.model), tokenizer=self.tokenizer,
-                                mel=decoded.encoded, num_frames=chunk.size, prepend_punctuations=PREPEND_PUNCTUATIONS,
-                                append_punctuations=APPEND_PUNCTUATIONS, last_speech_timestamp=chunk.last_speech_s)  # fmt: skip
+            add_word_timestamps(
+                segments=segments,
+                model=_EncodedWhisper(self.model),
+                tokenizer=self.tokenizer,
+                mel=decoded.encoded,
+                num_frames=chunk.size,
+                prepend_punctuations=PREPEND_PUNCTUATIONS,
+                append_punctuations=APPEND_PUNCTUATIONS,
+                last_speech_timestamp=chunk.last_speech_s,
+            )
 
 
 class _FasterWhisperSteps:
@@ -462,27 +529,50 @@ class _FasterWhisperSteps:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         model = self.model
-        self.tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        self.tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+        )
         self.prompt = model.get_prompt(self.tokenizer, [], without_timestamps=False)
         self.generate = dict(
-            beam_size=1, patience=1, length_penalty=1, repetition_penalty=1, no_repeat_ngram_size=0,
-            max_length=len(self.prompt) + (options.max_tokens or MAX_TOKENS), return_scores=True,
-            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=get_suppressed_tokens(self.tokenizer, [-1]),
+            beam_size=1,
+            patience=1,
+            length_penalty=1,
+            repetition_penalty=1,
+            no_repeat_ngram_size=0,
+            max_length=len(self.prompt) + (options.max_tokens or MAX_TOKENS),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(self.tokenizer, [-1]),
             max_initial_timestamp_index=round(self.MAX_INITIAL_TIMESTAMP_S / model.time_precision),
-        )  # fmt: skip
+        )
         return self.tokenizer
 
     def decode(self, samples: np.ndarray, batch: list[_Chunk]) -> list[_Decoded]:
         encoded = self.model.encode(np.stack([self.mel(samples, chunk) for chunk in batch]))
         results = self.model.model.generate(encoded, [self.prompt] * len(batch), **self.generate)
         rows = _storage_rows(encoded, len(batch))
-        return [_Decoded(r.sequences_ids[0], r.scores[0] * len(r.sequences_ids[0]) / (len(r.sequences_ids[0]) + 1),
-                         r.no_speech_prob, row) for r, row in zip(results, rows)]  # fmt: skip
+        return [
+            _Decoded(
+                r.sequences_ids[0],
+                r.scores[0] * len(r.sequences_ids[0]) / (len(r.sequences_ids[0]) + 1),
+                r.no_speech_prob,
+                row,
+            )
+            for r, row in zip(results, rows)
+        ]
 
     def align(self, segments: list[dict], decoded: _Decoded, chunk: _Chunk) -> None:
         """Add ``words`` to a window's segments (faster-whisper's ``add_word_timestamps``)."""
-        self.model.add_word_timestamps([segments], self.tokenizer, decoded.encoded, chunk.size, PREPEND_PUNCTUATIONS,
-                                       APPEND_PUNCTUATIONS, chunk.last_speech_s)  # fmt: skip
+        self.model.add_word_timestamps(
+            [segments],
+            self.tokenizer,
+            decoded.encoded,
+            chunk.size,
+            PREPEND_PUNCTUATIONS,
+            APPEND_PUNCTUATIONS,
+            chunk.last_speech_s,
+        )
 
 
 def _storage_rows(encoded: Any, count: int) -> list[Any]:
@@ -522,13 +612,17 @@ def _split_window(tokens: list[int], tokenizer: Any, seek: int, size: int) -> tu
 
     if not cuts:
         stamps = [t for t in tokens if t >= begin]
-        duration_s = (stamps[-1] - begin) * precision if stamps and stamps[-1] != begin else size * HOP_LENGTH / SAMPLE_RATE_HZ
+        duration_s = (
+            (stamps[-1] - begin) * precision if stamps and stamps[-1] != begin else size * HOP_LENGTH / SAMPLE_RATE_HZ
+        )
         return [segment(offset_s, offset_s + duration_s, tokens)], seek + size, single_ending
     ends = cuts + [len(tokens)] if single_ending else cuts
     segments, last = [], 0
     for end in ends:
         piece = tokens[last:end]
-        segments.append(segment(offset_s + (piece[0] - begin) * precision, offset_s + (piece[-1] - begin) * precision, piece))
+        segments.append(
+            segment(offset_s + (piece[0] - begin) * precision, offset_s + (piece[-1] - begin) * precision, piece)
+        )
         last = end
     next_seek = seek + size if single_ending else seek + (tokens[last - 1] - begin) * TIMESTAMP_FRAMES
     return segments, next_seek, single_ending
@@ -536,12 +630,21 @@ def _split_window(tokens: list[int], tokenizer: Any, seek: int, size: int) -> tu
 
 def _end_of(segments: list[dict]) -> float | None:
     """The end of the last word of the segments, else of the last segment (whisper's ``get_end``)."""
-    return next((w["end"] for s in reversed(segments) for w in reversed(s.get("words", ()))),
-                segments[-1]["end"] if segments else None)  # fmt: skip
+    return next(
+        (w["end"] for s in reversed(segments) for w in reversed(s.get("words", ()))),
+        segments[-1]["end"] if segments else None,
+    )
 
 
-def decode_chunks(model: Any, samples: np.ndarray, chunks: Sequence[Span], options: TranscribeOptions, *,
-                  batch_size: int | None = None, hook: Hook | None = None) -> Transcript:  # fmt: skip
+def decode_chunks(
+    model: Any,
+    samples: np.ndarray,
+    chunks: Sequence[Span],
+    options: TranscribeOptions,
+    *,
+    batch_size: int | None = None,
+    hook: Hook | None = None,
+) -> Transcript:
     """Transcribe the ``chunks`` of 16 kHz mono ``samples`` (on the CPU) with a whisper ``model``
     (openai-whisper's ``Whisper`` or faster-whisper's ``WhisperModel``).
 
@@ -592,16 +695,32 @@ def _segments(chunk: _Chunk) -> list[Segment]:
     """A chunk's non-empty segments with times from the start of the track."""
     offset = chunk.span.start_s
     return [
-        Segment(offset + s["start"], offset + s["end"], s["text"], float(s["avg_logprob"]), float(s["no_speech_prob"]),
-                tuple(Word(w["word"], offset + w["start"], offset + w["end"], float(w["probability"]))
-                      for w in s.get("words", ())), tokens=tuple(s["tokens"]))  # fmt: skip
+        Segment(
+            offset + s["start"],
+            offset + s["end"],
+            s["text"],
+            float(s["avg_logprob"]),
+            float(s["no_speech_prob"]),
+            tuple(
+                Word(w["word"], offset + w["start"], offset + w["end"], float(w["probability"]))
+                for w in s.get("words", ())
+            ),
+            tokens=tuple(s["tokens"]),
+        )
         for s in chunk.segments
         if s["start"] != s["end"] and s["text"].strip()
     ]
 
 
-def transcribe_speech(model: Any, vad: Any, samples: np.ndarray, options: TranscribeOptions, *,
-                      batch_size: int | None = None, hook: Hook | None = None) -> Transcript:  # fmt: skip
+def transcribe_speech(
+    model: Any,
+    vad: Any,
+    samples: np.ndarray,
+    options: TranscribeOptions,
+    *,
+    batch_size: int | None = None,
+    hook: Hook | None = None,
+) -> Transcript:
     """Voice activity, chunks and batched decoding of 16 kHz mono ``samples`` (steps 1 to 3).
 
     Holds ``model`` and ``vad`` (:func:`~voxflow.tasks.kit.models.holding`): whisper hooks its kv-cache onto the
@@ -673,7 +792,9 @@ def read_turns(diarization: Any, settings: StoreSettings) -> list[Turn]:
         return []
     rttm = getattr(diarization, "rttm", None)
     if not isinstance(rttm, ArtifactRef):
-        raise TypeError(f"diarization must be a diarize result with an 'rttm' artifact, got {type(diarization).__name__}")
+        raise TypeError(
+            f"diarization must be a diarize result with an 'rttm' artifact, got {type(diarization).__name__}"
+        )
     return parse_rttm(read_bytes(rttm, settings).decode())
 
 
@@ -686,33 +807,65 @@ def segment_rows(transcript: Transcript, file_sha256: str, json_uri: str) -> lis
     """The ``segments`` catalog rows of a transcript written by the current stage run."""
     run = current_run()
     return [
-        {"segment_id": segment_id(run.input_sha256 or "", run.params_hash, index), "file_sha256": file_sha256,
-         "stage": STAGE, "params_hash": run.params_hash, "index": index, "speaker": s.speaker,
-         "start_s": s.start_s, "end_s": s.end_s, "text": s.text.strip(), "language": transcript.language,
-         "avg_logprob": s.avg_logprob, "no_speech_prob": s.no_speech_prob, "artifact_uri": json_uri,
-         "words": [{"word": w.word, "start_s": w.start_s, "end_s": w.end_s, "probability": w.probability,
-                    "speaker": w.speaker, "overlapped": w.overlapped} for w in s.words],
-         "flow_run_id": run.flow_run_id}  # fmt: skip
+        {
+            "segment_id": segment_id(run.input_sha256 or "", run.params_hash, index),
+            "file_sha256": file_sha256,
+            "stage": STAGE,
+            "params_hash": run.params_hash,
+            "index": index,
+            "speaker": s.speaker,
+            "start_s": s.start_s,
+            "end_s": s.end_s,
+            "text": s.text.strip(),
+            "language": transcript.language,
+            "avg_logprob": s.avg_logprob,
+            "no_speech_prob": s.no_speech_prob,
+            "artifact_uri": json_uri,
+            "words": [
+                {
+                    "word": w.word,
+                    "start_s": w.start_s,
+                    "end_s": w.end_s,
+                    "probability": w.probability,
+                    "speaker": w.speaker,
+                    "overlapped": w.overlapped,
+                }
+                for w in s.words
+            ],
+            "flow_run_id": run.flow_run_id,
+        }
         for index, s in enumerate(transcript.segments)
     ]
 
 
-def write_transcript(settings: StoreSettings, audio: ArtifactRef, transcript: Transcript, source_sha256: str) -> TranscribeResult:
+def write_transcript(
+    settings: StoreSettings, audio: ArtifactRef, transcript: Transcript, source_sha256: str
+) -> TranscribeResult:
     """Store the JSON, SRT and VTT artifacts and the ``segments`` rows of a transcript."""
     json_ref = write_artifact(settings, JSON_NAME, subtitles.to_json(transcript))
     srt = write_artifact(settings, SRT_NAME, subtitles.to_srt(transcript).encode())
     vtt = write_artifact(settings, VTT_NAME, subtitles.to_vtt(transcript).encode())
     Catalog(shared_store(settings)).append("segments", segment_rows(transcript, source_sha256, json_ref.uri))
-    return TranscribeResult(audio, json_ref, srt, vtt, transcript.language, len(transcript.segments),
-                            len(transcript.words), transcript.speakers, source_sha256)  # fmt: skip
+    return TranscribeResult(
+        audio,
+        json_ref,
+        srt,
+        vtt,
+        transcript.language,
+        len(transcript.segments),
+        len(transcript.words),
+        transcript.speakers,
+        source_sha256,
+    )
 
 
 SPEC = StageSpec(STAGE, code_version=CODE_VERSION, gpu=True, inputs=("audio", "diarization"))
 
 
 @stage_task(SPEC)
-def transcribe_audio(audio: Any, diarization: Any | None, options: TranscribeOptions, settings: StoreSettings,
-                     models: ModelSettings) -> TranscribeResult:  # fmt: skip
+def transcribe_audio(
+    audio: Any, diarization: Any | None, options: TranscribeOptions, settings: StoreSettings, models: ModelSettings
+) -> TranscribeResult:
     """Transcribe one file's speech; with a diarization, each segment and word gets its speaker."""
     ref = audio_input(audio)
     samples, rate = read_audio(ref, settings)
@@ -721,6 +874,7 @@ def transcribe_audio(audio: Any, diarization: Any | None, options: TranscribeOpt
     device = models.torch_device()
     model = load_transcribe_model(options.model, device, models.model_dir, options.backend)
     vad = load_vad_model()
-    transcript = halving_batch_on_oom(lambda size: transcribe_speech(model, vad, speech, options, batch_size=size),
-                                      options.batch_size)  # fmt: skip
+    transcript = halving_batch_on_oom(
+        lambda size: transcribe_speech(model, vad, speech, options, batch_size=size), options.batch_size
+    )
     return write_transcript(settings, ref, assign_speakers(transcript, turns), source_sha256_of(audio))

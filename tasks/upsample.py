@@ -47,10 +47,11 @@ import functools
 import math
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -94,10 +95,29 @@ T = TypeVar("T")
 class UpsampleOptions:
     """Which NoVaSR runs and how a long file is cut into chunks."""
 
-    model: Annotated[str, Field(min_length=1, description="novasr (the official weights), or <name> of a <model dir>/novasr/<name>.bin.")] = DEFAULT_MODEL
-    chunk_s: Annotated[float, Field(gt=0, le=600, description="Audio the model sees at once (plus 12 samples of context each side); bounds memory.")] = 1.0
-    batch_size: Annotated[int, Field(ge=1, le=256, description="Chunks per forward pass (halved on out-of-memory); 1 is fastest on a CPU, where small chunks stay in cache.")] = 1
-    half: Annotated[bool, Field(description="float16 on CUDA (faster, about 1e-3 from float32); the CPU always runs float32.")] = False
+    model: Annotated[
+        str,
+        Field(min_length=1, description="novasr (the official weights), or <name> of a <model dir>/novasr/<name>.bin."),
+    ] = DEFAULT_MODEL
+    chunk_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=600,
+            description="Audio the model sees at once (plus 12 samples of context each side); bounds memory.",
+        ),
+    ] = 1.0
+    batch_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=256,
+            description="Chunks per forward pass (halved on out-of-memory); 1 is fastest on a CPU, where small chunks stay in cache.",
+        ),
+    ] = 1
+    half: Annotated[
+        bool, Field(description="float16 on CUDA (faster, about 1e-3 from float32); the CPU always runs float32.")
+    ] = False
 
     def __post_init__(self) -> None:
         if not self.model or "/" in self.model or "\\" in self.model or self.model.startswith("."):
@@ -111,7 +131,7 @@ class UpsampleOptions:
 # ---- the architecture ----------------------------------------------------------------------------
 
 
-def kaiser_sinc_lowpass(cutoff: float, half_width: float, taps: int) -> "torch.Tensor":
+def kaiser_sinc_lowpass(cutoff: float, half_width: float, taps: int) -> torch.Tensor:
     """A Kaiser-windowed sinc low-pass filter of ``taps`` taps with unit gain at DC, shaped ``(1, 1, taps)``.
 
     ``cutoff`` and ``half_width`` (the transition band) are fractions of the sample rate. The window's
@@ -208,7 +228,12 @@ def _architecture() -> SimpleNamespace:
             if taps % 2:
                 raise ValueError(f"the ×2 upsampling filter must have an even number of taps, got {taps}")
             self.register_buffer("filter", kaiser_sinc_lowpass(FILTER_CUTOFF, FILTER_HALF_WIDTH, taps))
-            tap = {(p, d): t for p in (0, 1) for d in range(-taps, taps + 1) if 0 <= (t := taps // 2 - 1 + p - 2 * d) < taps}
+            tap = {
+                (p, d): t
+                for p in (0, 1)
+                for d in range(-taps, taps + 1)
+                if 0 <= (t := taps // 2 - 1 + p - 2 * d) < taps
+            }
             self.reach = max(abs(d) for _, d in tap)  # input samples on each side an output uses (3 for 12 taps)
             # the taps of phase p at offsets -reach..reach (-1: none), so both phases read one padded input
             self.taps = [[tap.get((p, d), -1) for d in range(-self.reach, self.reach + 1)] for p in (0, 1)]
@@ -326,7 +351,7 @@ def _architecture() -> SimpleNamespace:
             return math.ceil(reach_48k / RATIO) + 1 + self.dec.conv_pre.kernel_size[0] // 2
 
         @classmethod
-        def from_state_dict(cls, state: dict[str, Any]) -> "NovaSR":
+        def from_state_dict(cls, state: dict[str, Any]) -> NovaSR:
             """A model with the sizes of ``state`` (channels, kernel), its weights loaded strictly."""
             pre, conv = state.get("dec.conv_pre.weight"), state.get("dec.resblocks.0.convs1.0.weight")
             if pre is None or conv is None:
@@ -353,7 +378,7 @@ def _describe_keys(names: set[str]) -> str:
     return ", ".join(shown) + (f" and {len(names) - len(shown)} more" if len(names) > len(shown) else "")
 
 
-def read_checkpoint(path: Path) -> "NovaSR":
+def read_checkpoint(path: Path) -> NovaSR:
     """The NoVaSR in a state-dict checkpoint (float32, on the CPU, eval mode); a clear error otherwise.
 
     Reads with ``torch.load(weights_only=True)`` (tensors only). float16 checkpoints load as float32.
@@ -372,17 +397,26 @@ def read_checkpoint(path: Path) -> "NovaSR":
     except KeyError as e:
         raise ModelNotFound(f"cannot load NovaSR checkpoint {path}: missing key {e.args[0]}; {expected}") from e
     except RuntimeError as e:
-        reference = set(_architecture().NovaSR(int(state["dec.conv_pre.weight"].shape[0]),
-                                               int(state["dec.resblocks.0.convs1.0.weight"].shape[-1])).state_dict())  # fmt: skip
+        reference = set(
+            _architecture()
+            .NovaSR(int(state["dec.conv_pre.weight"].shape[0]), int(state["dec.resblocks.0.convs1.0.weight"].shape[-1]))
+            .state_dict()
+        )
         missing, unexpected = reference - set(state), set(state) - reference
-        details = "; ".join(part for part in (f"missing keys {_describe_keys(missing)}" if missing else "",
-                                              f"unexpected keys {_describe_keys(unexpected)}" if unexpected else "") if part)  # fmt: skip
+        details = "; ".join(
+            part
+            for part in (
+                f"missing keys {_describe_keys(missing)}" if missing else "",
+                f"unexpected keys {_describe_keys(unexpected)}" if unexpected else "",
+            )
+            if part
+        )
         reason = details or str(e).strip().splitlines()[-1].strip()  # e.g. a size mismatch
         raise ModelNotFound(f"cannot load NovaSR checkpoint {path}: {reason}; {expected}") from e
     return model.float().eval()
 
 
-def write_checkpoint(model: "NovaSR", path: Path) -> Path:
+def write_checkpoint(model: NovaSR, path: Path) -> Path:
     """Save ``model``'s state dict as the official checkpoint is saved (written atomically)."""
     import torch
 
@@ -407,16 +441,24 @@ def _download(name: str, settings: ModelSettings, token: str | None) -> Path:
     """The official checkpoint from the Hugging Face hub (into its cache); only the default name downloads."""
     if name != DEFAULT_MODEL:
         where = f"no {settings.folder / LIBRARY / f'{name}.bin'}" if settings.folder else f"{MODEL_DIR_ENV} is not set"
-        raise ModelNotFound(f"NovaSR model {name!r} is not in the model folder ({where}); only {DEFAULT_MODEL!r} "
-                            f"downloads ({HUB_REPO}/{HUB_FILE})")  # fmt: skip
+        raise ModelNotFound(
+            f"NovaSR model {name!r} is not in the model folder ({where}); only {DEFAULT_MODEL!r} "
+            f"downloads ({HUB_REPO}/{HUB_FILE})"
+        )
     from huggingface_hub import hf_hub_download
 
     with hub_errors(name):
         return Path(hf_hub_download(HUB_REPO, HUB_FILE, token=token))
 
 
-def load_upsample_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None,
-                        token: str | None = None, *, half: bool = False) -> "NovaSR":  # fmt: skip
+def load_upsample_model(
+    name: str = DEFAULT_MODEL,
+    device: str = "cpu",
+    model_dir: str | Path | None = None,
+    token: str | None = None,
+    *,
+    half: bool = False,
+) -> NovaSR:
     """NoVaSR ``name`` on ``device``, loaded once per process (resident under the enhance stage).
 
     ``<model_dir>/novasr/pytorch_model_v1.bin`` (or ``<name>.bin``) when it exists, else the official
@@ -430,7 +472,9 @@ def load_upsample_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_di
         model = read_checkpoint(path if path is not None else _download(name, settings, token)).to(device)
         return (model.half() if half else model).eval()
 
-    return RESIDENT.get((LIBRARY, name, str(path or "hub"), "float16" if half else "float32"), device, load, stage=STAGE)
+    return RESIDENT.get(
+        (LIBRARY, name, str(path or "hub"), "float16" if half else "float32"), device, load, stage=STAGE
+    )
 
 
 def pull_upsample_model(name: str, settings: ModelSettings) -> Path:
@@ -481,8 +525,13 @@ def _batches(chunks: list[Chunk], size: int) -> list[list[Chunk]]:
     return [group[i : i + size] for group in by_length.values() for i in range(0, len(group), size)]
 
 
-def _upsample_tensor(x: "torch.Tensor", model: "NovaSR", options: UpsampleOptions, batch_size: int,
-                     hook: Callable[[int, int], None] | None) -> "torch.Tensor":  # fmt: skip
+def _upsample_tensor(
+    x: torch.Tensor,
+    model: NovaSR,
+    options: UpsampleOptions,
+    batch_size: int,
+    hook: Callable[[int, int], None] | None,
+) -> torch.Tensor:
     """``(channels, n)`` → ``(channels, 3 n)`` float32 on ``x``'s device, chunk batches on the model's device."""
     import torch
 
@@ -496,15 +545,22 @@ def _upsample_tensor(x: "torch.Tensor", model: "NovaSR", options: UpsampleOption
             windows = torch.stack([x[c.channel, c.lo : c.hi] for c in batch]).to(parameter.device, parameter.dtype)
             y = model(windows[:, None])[:, 0].to(x.device, torch.float32)
             for chunk, row in zip(batch, y):
-                out[chunk.channel, RATIO * chunk.start : RATIO * chunk.end] = row[RATIO * (chunk.start - chunk.lo) : RATIO * (chunk.end - chunk.lo)]
+                out[chunk.channel, RATIO * chunk.start : RATIO * chunk.end] = row[
+                    RATIO * (chunk.start - chunk.lo) : RATIO * (chunk.end - chunk.lo)
+                ]
             done += len(batch)
             if hook is not None:
                 hook(done, len(chunks))
     return out
 
 
-def upsample(samples: T, model: "NovaSR", options: UpsampleOptions = UpsampleOptions(), *,
-             hook: Callable[[int, int], None] | None = None) -> T:  # fmt: skip
+def upsample(
+    samples: T,
+    model: NovaSR,
+    options: UpsampleOptions = UpsampleOptions(),
+    *,
+    hook: Callable[[int, int], None] | None = None,
+) -> T:
     """``(channels, n)`` audio at 16 kHz → ``(channels, 3 n)`` at 48 kHz, in chunks (see the module docstring).
 
     A numpy array gives a numpy array; a tensor gives a float32 tensor on the tensor's device (so a
@@ -516,6 +572,8 @@ def upsample(samples: T, model: "NovaSR", options: UpsampleOptions = UpsampleOpt
     as_numpy = isinstance(samples, np.ndarray)
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)) if as_numpy else samples
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] == 0:
-        raise ValueError(f"expected (channels, samples) audio with samples, got {getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"expected (channels, samples) audio with samples, got {getattr(x, 'shape', type(x).__name__)}"
+        )
     out = halving_batch_on_oom(lambda size: _upsample_tensor(x.float(), model, options, size, hook), options.batch_size)
     return out.numpy() if as_numpy else out  # type: ignore[return-value]

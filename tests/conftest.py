@@ -45,9 +45,12 @@ def s3_settings(s3_endpoint: str) -> StoreSettings:
 
     bucket = f"voxflow-{uuid.uuid4().hex[:12]}"
     boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
-    ).create_bucket(Bucket=bucket)  # fmt: skip
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+    ).create_bucket(Bucket=bucket)
     return StoreSettings(
         location=f"s3://{bucket}/store",
         endpoint_url=s3_endpoint,
@@ -112,7 +115,10 @@ def prefect_harness():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 

@@ -105,8 +105,9 @@ def gain(previous: IngestResult, options: GainOptions, settings: StoreSettings) 
         open(marker, "a").close()
         time.sleep(float(os.environ.get("VOXFLOW_TEST_STAGE_HOLD_S", "0")))
     run = current_run()
-    info = store.put_bytes(artifact_key(previous.sha256, "gain", run.params_hash, "audio.wav"),
-                           audio.encode_wav(louder, rate))  # fmt: skip
+    info = store.put_bytes(
+        artifact_key(previous.sha256, "gain", run.params_hash, "audio.wav"), audio.encode_wav(louder, rate)
+    )
     return GainResult(ArtifactRef(info.uri, info.sha256, info.size_bytes, rate, *louder.shape), used[-1])
 
 

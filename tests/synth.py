@@ -13,7 +13,9 @@ def tone_and_noise(channels: int, sample_rate_hz: int, duration_s: float, seed: 
     """``(channels, samples)``: a different sine per channel plus a little noise, peak near 0.5."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(duration_s * sample_rate_hz))) / sample_rate_hz
-    rows = [0.4 * np.sin(2 * np.pi * (220.0 * (c + 1)) * t) + 0.05 * rng.standard_normal(t.size) for c in range(channels)]
+    rows = [
+        0.4 * np.sin(2 * np.pi * (220.0 * (c + 1)) * t) + 0.05 * rng.standard_normal(t.size) for c in range(channels)
+    ]
     return np.stack(rows).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import CORPUS
 from voxflow.flows.ingest_folder import ingest_folder
 from voxflow.flows.lipsync_features import lipsync_features
 from voxflow.flows.separate import separate
@@ -20,9 +21,8 @@ from voxflow.flows.transcribe import TranscribeFlowOptions, transcribe
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.diarize import DiarizeOptions
-from voxflow.tasks.kit.outputs import read_audio
 from voxflow.tasks.helpers.speakers import parse_rttm
-from tests.conftest import CORPUS
+from voxflow.tasks.kit.outputs import read_audio
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -124,11 +124,20 @@ def test_ingest_folder_runs_the_transcribe_flow_on_new_files(tmp_path, use_store
 def test_voxflow_transcribe_command_prints_a_speaker_labelled_transcript(tiny_models, tmp_path):
     """The done-when command: ``voxflow transcribe sample.wav`` with VOXFLOW_MODEL_DIR at the tiny models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               VOXFLOW_MODEL_DIR=str(tiny_models.build("pyannote", "whisper")))  # fmt: skip
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        VOXFLOW_MODEL_DIR=str(tiny_models.build("pyannote", "whisper")),
+    )
     voxflow = Path(sys.executable).with_name("voxflow")
-    result = subprocess.run([str(voxflow), "transcribe", str(SAMPLE), "--num-speakers", "2"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [str(voxflow), "transcribe", str(SAMPLE), "--num-speakers", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "sample.wav  done" in result.stdout and "1 done, 0 cached, 0 failed" in result.stdout
     assert "== sample.wav" in result.stdout and "[SPEAKER_0" in result.stdout

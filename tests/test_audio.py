@@ -7,9 +7,9 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
+from tests.synth import tone_and_noise, write_audio
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.ingest import IngestOptions, measure, preprocess
-from tests.synth import tone_and_noise, write_audio
 
 
 @pytest.mark.parametrize(
@@ -138,6 +138,19 @@ def test_wav_encoding_is_deterministic_and_readable_by_libsndfile_and_ffmpeg(tmp
     np.testing.assert_array_equal(decoded, samples)
     path = tmp_path / "x.wav"
     path.write_bytes(first)
-    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=channels,sample_rate,codec_name",
-                            "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True)  # fmt: skip
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=channels,sample_rate,codec_name",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == f"pcm_f32le,22050,{channels}"

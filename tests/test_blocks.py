@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from pydantic import SecretStr
 
+from tests.conftest import CORPUS
 from voxflow.blocks import VoxflowModels, VoxflowStorage, register_block_types
 from voxflow.flows.ingest import ingest
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import open_store
-from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

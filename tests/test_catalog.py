@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pyarrow as pa
@@ -48,7 +48,7 @@ def test_retried_write_never_doubles_a_row(store):
 
 
 def test_deduplicate_keeps_the_most_recently_recorded_row():
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     table = pa.table(
         {
             "k": ["a", "b", "a", "a"],

@@ -37,7 +37,9 @@ def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
     assert "jfk.flac  done" in first.stdout and "1 done, 0 cached, 0 failed" in first.stdout
 
     files_glob = tmp_path / ".voxflow" / "catalog" / "files" / "*.parquet"
-    rows = duckdb.sql(f"SELECT sha256, duration_s, sample_rate_hz, channels FROM read_parquet('{files_glob}')").fetchall()
+    rows = duckdb.sql(
+        f"SELECT sha256, duration_s, sample_rate_hz, channels FROM read_parquet('{files_glob}')"
+    ).fetchall()
     assert rows == [(JFK_SHA256, 11.0, 44100, 2)]
 
     second = run_cli("ingest", jfk)

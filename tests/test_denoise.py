@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
-from voxflow.tasks.helpers import audio
 from voxflow.tasks.denoise import (
     DEFAULT_MODEL,
     LIBRARY,
@@ -29,8 +29,8 @@ from voxflow.tasks.denoise import (
     lookahead_samples,
     plan_chunks,
 )
+from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
-from tests.conftest import CORPUS
 
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"  # 3.1 s, 16 kHz mono
 CONVERSATION = CORPUS / "diar_2spk_pyannote" / "sample.wav"  # 30 s, 16 kHz mono (the first 15 s are used)
@@ -78,11 +78,14 @@ def test_a_file_within_one_chunk_equals_the_denoisers_own_forward(model, dry):
     assert_close(denoise(noisy, rate, model, DenoiseOptions(dry=dry)), upstream(model, noisy, dry), ROUNDING_TOLERANCE)
 
 
-@pytest.mark.parametrize(("path", "options", "chunks"), [
-    (BABBLE, DenoiseOptions(chunk_s=1.0, overlap_s=0.5, crossfade_s=0.1), 6),
-    (BABBLE, DenoiseOptions(chunk_s=0.5, overlap_s=0.2, crossfade_s=0.05, batch_size=3), 11),
-    (CONVERSATION, DenoiseOptions(chunk_s=2.0, overlap_s=0.5, crossfade_s=0.2, dry=0.1), 10),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "options", "chunks"),
+    [
+        (BABBLE, DenoiseOptions(chunk_s=1.0, overlap_s=0.5, crossfade_s=0.1), 6),
+        (BABBLE, DenoiseOptions(chunk_s=0.5, overlap_s=0.2, crossfade_s=0.05, batch_size=3), 11),
+        (CONVERSATION, DenoiseOptions(chunk_s=2.0, overlap_s=0.5, crossfade_s=0.2, dry=0.1), 10),
+    ],
+)
 def test_a_file_of_many_chunks_equals_the_whole_file_forward(model, path, options, chunks):
     noisy, rate = _read(path, seconds=15.0)
     assert plan_chunks(noisy.shape[1], model, options).count == chunks
@@ -180,15 +183,18 @@ def test_silence_stays_silent_and_a_dry_mix_of_one_returns_the_input(model):
     assert denoise(tiny, rate, model).shape == tiny.shape
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"dry": 1.5}, "dry must be between 0 and 1"),
-    ({"chunk_s": 0.0}, "chunk_s must be in"),
-    ({"overlap_s": 10.0}, "overlap_s must be positive and shorter than chunk_s"),
-    ({"crossfade_s": 2.0}, "crossfade_s must be positive and shorter than overlap_s"),
-    ({"chunk_s": 1.0, "overlap_s": 0.9, "crossfade_s": 0.2}, "crossfade_s .* must not exceed chunk_s - overlap_s"),
-    ({"batch_size": 0}, "batch_size must be between 1 and 256"),
-    ({"model": "../dns48"}, "model must be a model name"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dry": 1.5}, "dry must be between 0 and 1"),
+        ({"chunk_s": 0.0}, "chunk_s must be in"),
+        ({"overlap_s": 10.0}, "overlap_s must be positive and shorter than chunk_s"),
+        ({"crossfade_s": 2.0}, "crossfade_s must be positive and shorter than overlap_s"),
+        ({"chunk_s": 1.0, "overlap_s": 0.9, "crossfade_s": 0.2}, "crossfade_s .* must not exceed chunk_s - overlap_s"),
+        ({"batch_size": 0}, "batch_size must be between 1 and 256"),
+        ({"model": "../dns48"}, "model must be a model name"),
+    ],
+)
 def test_invalid_options_fail_with_one_line(change, message):
     with pytest.raises(ValueError, match=message):
         DenoiseOptions(**change)
@@ -235,7 +241,9 @@ def test_the_builder_is_deterministic_and_full_has_dns48s_arguments(tmp_path):
 
 
 def test_unknown_or_broken_models_fail_with_a_clear_error(tmp_path):
-    with pytest.raises(ModelNotFound, match=r"'nope' is not in the model folder \(no .*/denoiser/nope.th\) .*dns48, dns64, master64"):
+    with pytest.raises(
+        ModelNotFound, match=r"'nope' is not in the model folder \(no .*/denoiser/nope.th\) .*dns48, dns64, master64"
+    ):
         load_denoise_model("nope", "cpu", tmp_path)
     (tmp_path / "denoiser").mkdir()
     (tmp_path / "denoiser" / "broken.th").write_bytes(b"not a torch file")
@@ -295,7 +303,9 @@ def test_the_task_in_a_flow_writes_the_denoised_audio(tmp_path, use_store, tiny_
     working, rate = audio.decode_wav_bytes(store.get_bytes(ingested["key"], ingested["sha256"]))
     clean, clean_rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(result.artifact.uri), result.sha256))
     assert (clean_rate, clean.shape) == (22_050, working.shape) and working.shape[0] == 2
-    np.testing.assert_array_equal(clean, denoise(working, rate, load_denoise_model(DEFAULT_MODEL, "cpu", models.model_dir), options))
+    np.testing.assert_array_equal(
+        clean, denoise(working, rate, load_denoise_model(DEFAULT_MODEL, "cpu", models.model_dir), options)
+    )
 
     row = artifacts.loc["denoise"]
     assert (row["name"], row["media_type"], row["sha256"]) == ("denoised.wav", "audio/wav", result.sha256)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from voxflow.storage.catalog import Catalog
-from voxflow.storage.store import LocalStore
 from tests import servers
 from tests.conftest import CORPUS
 from tests.servers import BIN, stop, wait_for
+from voxflow.storage.catalog import Catalog
+from voxflow.storage.store import LocalStore
 
 pytestmark = pytest.mark.slow
 
@@ -31,23 +31,43 @@ def _deployment(api: str, name: str) -> dict:
 
 
 def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, tiny_models):
-    env = {**prefect_server, "VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")), "VOXFLOW_DEVICE": "cpu"}
+    env = {
+        **prefect_server,
+        "VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")),
+        "VOXFLOW_DEVICE": "cpu",
+    }
     log = open(tmp_path / "serve.log", "w")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     serve = subprocess.Popen(
-        [str(BIN / "voxflow"), "serve", "--inbox", str(inbox)], env=env, cwd=tmp_path, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [str(BIN / "voxflow"), "serve", "--inbox", str(inbox)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         api = env["PREFECT_API_URL"]
         wait_for(lambda: bool(_deployment(api, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
         jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
         run = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "-p", f"paths={json.dumps([jfk])}",
-             "--watch", "--watch-timeout", "240"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "ingest/ingest",
+                "-p",
+                f"paths={json.dumps([jfk])}",
+                "--watch",
+                "--watch-timeout",
+                "240",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "Completed" in run.stdout + run.stderr
         files = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("files")
@@ -65,10 +85,24 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         for name in ("speech.wav", "speech_bab_0dB.wav"):
             (inbox / name).write_bytes((CORPUS / "denoise_babble" / name).read_bytes())
         run = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "ingest-folder/ingest-folder", "-p", "parallel_files=2",
-             "-p", 'params={"sample_rate_hz": 8000}', "--watch", "--watch-timeout", "240"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "ingest-folder/ingest-folder",
+                "-p",
+                "parallel_files=2",
+                "-p",
+                'params={"sample_rate_hz": 8000}',
+                "--watch",
+                "--watch-timeout",
+                "240",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         processed = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("processed")
         assert sorted(processed["source_uri"].str.rsplit("/", n=1).str[1]) == ["speech.wav", "speech_bab_0dB.wav"]
@@ -78,11 +112,24 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
             assert _deployment(api, name)["parameter_openapi_schema"]["properties"]["paths"]
         speech = str(CORPUS / "denoise_babble" / "speech.wav")
         run = subprocess.run(  # a model flow from the UI's route: the worker's VOXFLOW_MODEL_DIR has the models
-            [str(BIN / "prefect"), "deployment", "run", "transcribe/transcribe", "-p", f"paths={json.dumps([speech])}",
-             "-p", 'options={"diarize": {"num_speakers": 1}, "transcribe": {"language": "en"}}',
-             "--watch", "--watch-timeout", "300"],
-            env=env, capture_output=True, text=True, timeout=360,
-        )  # fmt: skip
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "transcribe/transcribe",
+                "-p",
+                f"paths={json.dumps([speech])}",
+                "-p",
+                'options={"diarize": {"num_speakers": 1}, "transcribe": {"language": "en"}}',
+                "--watch",
+                "--watch-timeout",
+                "300",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         segments = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("segments")
         assert set(segments["stage"]) == {"diarize", "transcribe"} and set(segments["speaker"]) == {"SPEAKER_00"}
@@ -95,14 +142,28 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
     env = prefect_server
     root = Path(__file__).resolve().parents[1]
     prefect = str(BIN / "prefect")
-    pool = subprocess.run([prefect, "work-pool", "create", "voxflow", "--type", "process"], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    pool = subprocess.run(
+        [prefect, "work-pool", "create", "voxflow", "--type", "process"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    for name in ("ingest/ingest", "ingest-folder/ingest-folder", "transcribe/transcribe", "separate/separate",
-                 "lipsync-features/lipsync-features", "clone_enhanced/clone-enhanced", "synthesize/synthesize"):  # fmt: skip
+    for name in (
+        "ingest/ingest",
+        "ingest-folder/ingest-folder",
+        "transcribe/transcribe",
+        "separate/separate",
+        "lipsync-features/lipsync-features",
+        "clone_enhanced/clone-enhanced",
+        "synthesize/synthesize",
+    ):
         assert _deployment(env["PREFECT_API_URL"], name)["work_pool_name"] == "voxflow"
     folder = _deployment(env["PREFECT_API_URL"], "ingest-folder/ingest-folder")
     assert folder["global_concurrency_limit"]["limit"] == 1

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
-from voxflow.tasks.helpers import audio
 from voxflow.tasks.diarize import (
     DEFAULT_MODEL,
     EXCLUSIVE_RTTM_NAME,
@@ -27,9 +27,9 @@ from voxflow.tasks.diarize import (
     local_folder_name,
     waveform_input,
 )
-from voxflow.tasks.kit.models import MODEL_SOURCES, GatedModelError, ModelNotFound, ModelSettings
+from voxflow.tasks.helpers import audio
 from voxflow.tasks.helpers.speakers import parse_rttm, to_rttm
-from tests.conftest import CORPUS
+from voxflow.tasks.kit.models import MODEL_SOURCES, GatedModelError, ModelNotFound, ModelSettings
 
 SAMPLE = CORPUS / "diar_2spk_pyannote" / "sample.wav"  # 30 s, 16 kHz mono, two speakers
 TIME_ATOL_S = 1e-6  # our turns vs the pipeline's own: the same floats, checked to a microsecond
@@ -62,7 +62,9 @@ def fast_pipeline(model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fast") / "community-1-fast"
     shutil.copytree(model_dir / LIBRARY / local_folder_name(DEFAULT_MODEL), folder)
     config = (folder / "config.yaml").read_text()
-    (folder / "config.yaml").write_text(config.replace("    plda: $model/plda\n", "    plda: $model/plda\n    segmentation_step: 0.5\n"))
+    (folder / "config.yaml").write_text(
+        config.replace("    plda: $model/plda\n", "    plda: $model/plda\n    segmentation_step: 0.5\n")
+    )
     return load_diarize_model(str(folder), "cpu")
 
 
@@ -78,12 +80,16 @@ def _labelled(annotation) -> list[tuple[float, float, str]]:
 
 def _assert_same_turns(ours, theirs) -> None:
     assert [t.speaker for t in ours] == [label for _, _, label in theirs]
-    np.testing.assert_allclose([(t.start_s, t.end_s) for t in ours], [(s, e) for s, e, _ in theirs], rtol=0, atol=TIME_ATOL_S)
+    np.testing.assert_allclose(
+        [(t.start_s, t.end_s) for t in ours], [(s, e) for s, e, _ in theirs], rtol=0, atol=TIME_ATOL_S
+    )
 
 
 def test_turns_equal_the_pipeline_called_directly(pipeline, sample):
     progress: list[tuple[int, int]] = []
-    ours = diarize(sample, pipeline, DiarizeOptions(num_speakers=2), hook=lambda done, total: progress.append((done, total)))
+    ours = diarize(
+        sample, pipeline, DiarizeOptions(num_speakers=2), hook=lambda done, total: progress.append((done, total))
+    )
     theirs = pipeline({"waveform": sample["waveform"], "sample_rate": SAMPLE_RATE_HZ}, num_speakers=2)
 
     _assert_same_turns(ours.turns, _labelled(theirs.speaker_diarization))
@@ -105,17 +111,25 @@ def test_rttm_round_trip_keeps_turns_to_the_millisecond(fast_pipeline, sample):
     for turns in (found.turns, found.exclusive):
         parsed = parse_rttm(to_rttm(turns, "sample"))
         assert [t.speaker for t in parsed] == [t.speaker for t in turns] and len(parsed) > 10
-        np.testing.assert_allclose([(t.start_s, t.end_s) for t in parsed], [(t.start_s, t.end_s) for t in turns],
-                                   rtol=0, atol=RTTM_ATOL_S)  # fmt: skip
-    assert annotation_turns(fast_pipeline(dict(sample), num_speakers=2).exclusive_speaker_diarization) == found.exclusive
+        np.testing.assert_allclose(
+            [(t.start_s, t.end_s) for t in parsed], [(t.start_s, t.end_s) for t in turns], rtol=0, atol=RTTM_ATOL_S
+        )
+    assert (
+        annotation_turns(fast_pipeline(dict(sample), num_speakers=2).exclusive_speaker_diarization) == found.exclusive
+    )
 
 
 def test_loader_finds_the_tiny_pipeline_through_model_settings(tiny_models, pipeline):
     settings = tiny_models.settings(LIBRARY)
     folder = settings.folder / LIBRARY / "speaker-diarization-community-1"
     layout = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert layout == ["config.yaml", "embedding/pytorch_model.bin", "plda/plda.npz", "plda/xvec_transform.npz",
-                      "segmentation/pytorch_model.bin"]  # fmt: skip
+    assert layout == [
+        "config.yaml",
+        "embedding/pytorch_model.bin",
+        "plda/plda.npz",
+        "plda/xvec_transform.npz",
+        "segmentation/pytorch_model.bin",
+    ]
     loaded = load_diarize_model(DEFAULT_MODEL, settings.torch_device(), settings.model_dir, token=settings.token())
     assert loaded is pipeline  # resident: loaded once per process and device
     assert type(loaded).__name__ == "SpeakerDiarization" and loaded.klustering == "VBxClustering"
@@ -181,7 +195,9 @@ def test_a_resampled_stereo_recording_is_diarized_within_its_duration(fast_pipel
 def test_batches_of_one_window_give_the_same_turns_as_batches_of_32(fast_pipeline, sample):
     """The track is cut into 10 s windows and (window, speaker) pairs; the batch size must not matter."""
     batched = diarize(sample, fast_pipeline, DiarizeOptions(num_speakers=2))
-    one_at_a_time = diarize(sample, fast_pipeline, DiarizeOptions(num_speakers=2, segmentation_batch_size=1, embedding_batch_size=1))
+    one_at_a_time = diarize(
+        sample, fast_pipeline, DiarizeOptions(num_speakers=2, segmentation_batch_size=1, embedding_batch_size=1)
+    )
     assert one_at_a_time == batched
 
 
@@ -237,14 +253,21 @@ def test_diarize_task_in_a_flow_writes_rttms_and_segment_rows(tmp_path, use_stor
 
     store = open_store(StoreSettings.from_env())
     turns = parse_rttm(store.get_bytes(store.key_of(result.rttm.uri), result.rttm.sha256).decode())
-    exclusive = parse_rttm(store.get_bytes(store.key_of(result.exclusive_rttm.uri), result.exclusive_rttm.sha256).decode())
+    exclusive = parse_rttm(
+        store.get_bytes(store.key_of(result.exclusive_rttm.uri), result.exclusive_rttm.sha256).decode()
+    )
     assert len(turns) == result.turns > 0 and exclusive
     assert {t.speaker for t in turns} == set(result.speakers)
 
     artifacts = catalog.frame("artifacts").set_index("name")
     for name, ref in ((RTTM_NAME, result.rttm), (EXCLUSIVE_RTTM_NAME, result.exclusive_rttm)):
         row = artifacts.loc[name]
-        assert (row["uri"], row["sha256"], row["stage"], row["media_type"]) == (ref.uri, ref.sha256, "diarize", "text/plain")
+        assert (row["uri"], row["sha256"], row["stage"], row["media_type"]) == (
+            ref.uri,
+            ref.sha256,
+            "diarize",
+            "text/plain",
+        )
         assert row["input_sha256"] == ingested.sha256
     segments = catalog.frame("segments").sort_values(["exclusive", "index"])
     assert set(segments["stage"]) == {"diarize"} and set(segments["file_sha256"]) == {ingested.source_sha256}
@@ -253,8 +276,9 @@ def test_diarize_task_in_a_flow_writes_rttms_and_segment_rows(tmp_path, use_stor
         rows = segments[segments["exclusive"] == flag]
         assert list(rows["index"]) == list(range(len(expected))) and set(rows["artifact_uri"]) == {ref.uri}
         assert list(rows["speaker"]) == [t.speaker for t in expected]
-        np.testing.assert_allclose(rows[["start_s", "end_s"]].to_numpy(), [(t.start_s, t.end_s) for t in expected],
-                                   rtol=0, atol=RTTM_ATOL_S)  # fmt: skip
+        np.testing.assert_allclose(
+            rows[["start_s", "end_s"]].to_numpy(), [(t.start_s, t.end_s) for t in expected], rtol=0, atol=RTTM_ATOL_S
+        )
 
     again = ingest_and_diarize(mixture)[1]
     assert again == result

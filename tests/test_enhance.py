@@ -17,9 +17,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
-from voxflow.tasks.helpers import audio
 from voxflow.tasks import enhance as enhance_module
 from voxflow.tasks.denoise import DenoiseOptions, denoise
 from voxflow.tasks.enhance import (
@@ -32,6 +32,7 @@ from voxflow.tasks.enhance import (
     plan_steps,
     resample_tensor,
 )
+from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
 from voxflow.tasks.upsample import (
     HUB_FILE,
@@ -43,7 +44,6 @@ from voxflow.tasks.upsample import (
     read_checkpoint,
     upsample,
 )
-from tests.conftest import CORPUS
 
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"  # 3.1 s, 16 kHz mono
 TTS_RATE_HZ = 24_000  # what the synthesis stage writes
@@ -51,13 +51,24 @@ REFERENCE_TOLERANCE = 1e-5
 ROUNDING_TOLERANCE = 1e-6
 # the official checkpoint's keys (weight norm removed), with their shapes at the official sizes
 OFFICIAL_SHAPES = {
-    "dec.conv_pre.weight": (32, 1, 7), "dec.conv_pre.bias": (32,),
-    "dec.resblocks.0.convs1.0.weight": (32, 32, 11), "dec.resblocks.0.convs1.0.bias": (32,),
-    "dec.resblocks.0.convs2.0.weight": (32, 32, 11), "dec.resblocks.0.convs2.0.bias": (32,),
-    **{f"dec.resblocks.0.activations.{i}.{name}": shape for i in (0, 1) for name, shape in (
-        ("act.alpha", (32,)), ("act.beta", (32,)), ("upsample.filter", (1, 1, 12)), ("downsample.lowpass.filter", (1, 1, 12)))},
+    "dec.conv_pre.weight": (32, 1, 7),
+    "dec.conv_pre.bias": (32,),
+    "dec.resblocks.0.convs1.0.weight": (32, 32, 11),
+    "dec.resblocks.0.convs1.0.bias": (32,),
+    "dec.resblocks.0.convs2.0.weight": (32, 32, 11),
+    "dec.resblocks.0.convs2.0.bias": (32,),
+    **{
+        f"dec.resblocks.0.activations.{i}.{name}": shape
+        for i in (0, 1)
+        for name, shape in (
+            ("act.alpha", (32,)),
+            ("act.beta", (32,)),
+            ("upsample.filter", (1, 1, 12)),
+            ("downsample.lowpass.filter", (1, 1, 12)),
+        )
+    },
     "dec.conv_post.weight": (1, 32, 7),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(autouse=True)
@@ -112,8 +123,12 @@ def reference_forward(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.
     def activation(i: int) -> Activation1d:
         prefix = f"dec.resblocks.0.activations.{i}."
         act = Activation1d(SnakeBeta(state[prefix + "act.alpha"], state[prefix + "act.beta"]))
-        act.load_state_dict({"upsample.filter": state[prefix + "upsample.filter"],
-                             "downsample.lowpass.filter": state[prefix + "downsample.lowpass.filter"]})  # fmt: skip
+        act.load_state_dict(
+            {
+                "upsample.filter": state[prefix + "upsample.filter"],
+                "downsample.lowpass.filter": state[prefix + "downsample.lowpass.filter"],
+            }
+        )
         return act
 
     def conv(h: torch.Tensor, name: str) -> torch.Tensor:
@@ -144,10 +159,14 @@ def test_the_filters_are_the_ones_bigvgan_designs():
     assert torch.equal(ours, UpSample1d(2, 12).filter) and torch.equal(ours, DownSample1d(2, 12).lowpass.filter)
 
 
-@pytest.mark.parametrize(("options", "chunks"), [
-    (UpsampleOptions(chunk_s=0.05), 62), (UpsampleOptions(chunk_s=0.3, batch_size=3), 11),
-    (UpsampleOptions(chunk_s=1.0, batch_size=4), 4),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("options", "chunks"),
+    [
+        (UpsampleOptions(chunk_s=0.05), 62),
+        (UpsampleOptions(chunk_s=0.3, batch_size=3), 11),
+        (UpsampleOptions(chunk_s=1.0, batch_size=4), 4),
+    ],
+)
 def test_chunks_give_what_the_whole_file_gives(full_model, options, chunks):
     speech = _speech()
     stereo = np.concatenate([speech, 0.5 * speech[:, ::-1]])
@@ -213,9 +232,15 @@ def test_the_loader_reads_the_model_folder_strictly_and_keeps_the_model_resident
     path = settings.folder / "novasr" / "pytorch_model_v1.bin"
     assert local_upsample_model("novasr", settings) == path
     loaded = load_upsample_model("novasr", "cpu", settings.model_dir)
-    assert loaded.channels == 8 and not loaded.training and load_upsample_model("novasr", "cpu", settings.model_dir) is loaded
+    assert (
+        loaded.channels == 8
+        and not loaded.training
+        and load_upsample_model("novasr", "cpu", settings.model_dir) is loaded
+    )
     stored = torch.load(path, weights_only=True)
-    assert loaded.state_dict().keys() == stored.keys() and all(torch.equal(loaded.state_dict()[k], v) for k, v in stored.items())
+    assert loaded.state_dict().keys() == stored.keys() and all(
+        torch.equal(loaded.state_dict()[k], v) for k, v in stored.items()
+    )
     source = MODEL_SOURCES["enhance"]
     assert (source.library, source.name) == ("novasr", "novasr") and source.present("novasr", settings) == path
     assert next(load_upsample_model("novasr", "cpu", settings.model_dir, half=True).parameters()).dtype == torch.float32
@@ -230,19 +255,30 @@ def test_a_float16_checkpoint_and_another_name_load_as_float32(tmp_path, full_mo
     assert torch.equal(loaded.dec.conv_pre.weight, full_model.dec.conv_pre.weight.half().float())
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda s: s.pop("dec.conv_post.weight"), r"missing keys dec\.conv_post\.weight"),
-    (lambda s: s.pop("dec.conv_pre.weight"), r"missing key dec\.conv_pre\.weight"),
-    (lambda s: s.update({"dec.conv_pre.weight_g": torch.ones(8, 1, 1)}), r"unexpected keys dec\.conv_pre\.weight_g"),
-    (lambda s: s.update({"dec.conv_post.weight": torch.ones(1, 4, 7)}), r"size mismatch for dec\.conv_post\.weight"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("dec.conv_post.weight"), r"missing keys dec\.conv_post\.weight"),
+        (lambda s: s.pop("dec.conv_pre.weight"), r"missing key dec\.conv_pre\.weight"),
+        (
+            lambda s: s.update({"dec.conv_pre.weight_g": torch.ones(8, 1, 1)}),
+            r"unexpected keys dec\.conv_pre\.weight_g",
+        ),
+        (
+            lambda s: s.update({"dec.conv_post.weight": torch.ones(1, 4, 7)}),
+            r"size mismatch for dec\.conv_post\.weight",
+        ),
+    ],
+)
 def test_a_checkpoint_with_wrong_keys_fails_naming_the_file(tmp_path, tiny_models, change, message):
     state = torch.load(tiny_models.build(LIBRARY) / LIBRARY / HUB_FILE, weights_only=True)
     change(state)
     path = tmp_path / "novasr" / "broken.bin"
     path.parent.mkdir()
     torch.save(state, path)
-    with pytest.raises(ModelNotFound, match=rf"cannot load NovaSR checkpoint .*broken\.bin: {message}.*YatharthS/NovaSR"):
+    with pytest.raises(
+        ModelNotFound, match=rf"cannot load NovaSR checkpoint .*broken\.bin: {message}.*YatharthS/NovaSR"
+    ):
         load_upsample_model("broken", "cpu", tmp_path)
 
 
@@ -254,7 +290,9 @@ def test_unreadable_or_missing_models_fail_with_a_clear_error(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "novasr" / "list.bin")
     with pytest.raises(ModelNotFound, match="list.bin: not a state dict of tensors"):
         load_upsample_model("list", "cpu", tmp_path)
-    with pytest.raises(ModelNotFound, match=r"'nope' is not in the model folder \(no .*novasr/nope\.bin\); only 'novasr' downloads"):
+    with pytest.raises(
+        ModelNotFound, match=r"'nope' is not in the model folder \(no .*novasr/nope\.bin\); only 'novasr' downloads"
+    ):
         load_upsample_model("nope", "cpu", tmp_path)
     with pytest.raises(ModelNotFound, match="could not be downloaded"):  # HF_HUB_OFFLINE: the hub is not asked
         load_upsample_model("novasr", "cpu", tmp_path / "empty")
@@ -267,7 +305,9 @@ def test_pull_copies_the_hub_file_where_the_loader_reads_it(tmp_path, tiny_model
 
     cached = tiny_models.build(LIBRARY) / LIBRARY / HUB_FILE
     asked = []
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, token=None: asked.append((repo, name)) or str(cached))
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo, name, token=None: asked.append((repo, name)) or str(cached)
+    )
     settings = ModelSettings(model_dir=str(tmp_path / "models"), device="cpu")
     source = MODEL_SOURCES["enhance"]
     assert source.present("novasr", settings) is None
@@ -287,10 +327,16 @@ class Spies:
     def __init__(self, monkeypatch, denoiser, sr_model) -> None:
         self.loads: list[str] = []
         self.calls: list[str] = []
-        self._hooks = [denoiser.register_forward_hook(lambda *_: self.calls.append("denoiser")),
-                       sr_model.register_forward_hook(lambda *_: self.calls.append("novasr"))]  # fmt: skip
-        monkeypatch.setattr(enhance_module, "load_enhance_denoiser", lambda *a, **k: self.loads.append("denoiser") or denoiser)
-        monkeypatch.setattr(enhance_module, "load_upsample_model", lambda *a, **k: self.loads.append("novasr") or sr_model)
+        self._hooks = [
+            denoiser.register_forward_hook(lambda *_: self.calls.append("denoiser")),
+            sr_model.register_forward_hook(lambda *_: self.calls.append("novasr")),
+        ]
+        monkeypatch.setattr(
+            enhance_module, "load_enhance_denoiser", lambda *a, **k: self.loads.append("denoiser") or denoiser
+        )
+        monkeypatch.setattr(
+            enhance_module, "load_upsample_model", lambda *a, **k: self.loads.append("novasr") or sr_model
+        )
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -308,12 +354,15 @@ def _to_16k(line: np.ndarray, rate_hz: int) -> np.ndarray:
     return resample_tensor(torch.from_numpy(line), rate_hz, 16_000).numpy()
 
 
-@pytest.mark.parametrize(("denoise_on", "upsample_on", "steps"), [
-    (True, True, ("denoise", "upsample")),
-    (False, True, ("upsample",)),
-    (True, False, ("denoise", "resample")),
-    (False, False, ("resample",)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("denoise_on", "upsample_on", "steps"),
+    [
+        (True, True, ("denoise", "upsample")),
+        (False, True, ("upsample",)),
+        (True, False, ("denoise", "resample")),
+        (False, False, ("resample",)),
+    ],
+)
 def test_each_switch_changes_exactly_its_own_step(models, spies, denoise_on, upsample_on, steps):
     denoiser, sr_model = models
     line = _speech(TTS_RATE_HZ, seconds=2.0)  # as the synthesis stage writes it: 24 kHz
@@ -323,10 +372,15 @@ def test_each_switch_changes_exactly_its_own_step(models, spies, denoise_on, ups
 
     model_calls = {"denoiser": int(denoise_on), "novasr": 2 if upsample_on else 0}  # 2 s: two 1 s chunks
     assert spies.loads == [name for name in ("denoiser", "novasr") if model_calls[name]]
-    assert spies.calls.count("denoiser") == model_calls["denoiser"] and spies.calls.count("novasr") == model_calls["novasr"]
+    assert (
+        spies.calls.count("denoiser") == model_calls["denoiser"]
+        and spies.calls.count("novasr") == model_calls["novasr"]
+    )
 
     at_16k = _to_16k(line, TTS_RATE_HZ)
-    clean = denoise(at_16k, 16_000, denoiser, options.denoiser) if denoise_on else at_16k  # the denoise stage's own path
+    clean = (
+        denoise(at_16k, 16_000, denoiser, options.denoiser) if denoise_on else at_16k
+    )  # the denoise stage's own path
     if upsample_on:
         expected = upsample(clean, sr_model)
     else:
@@ -339,7 +393,10 @@ def test_each_switch_changes_exactly_its_own_step(models, spies, denoise_on, ups
 def test_plain_resampling_keeps_a_4khz_tone_at_4khz():
     rate = TTS_RATE_HZ
     tone = (0.5 * np.sin(2 * np.pi * 4000 * np.arange(rate) / rate)).astype(np.float32)[None]
-    for options in (EnhanceOptions(denoise=False, upsample=False), EnhanceOptions(denoise=False, upsample=False, output_rate_hz=44_100)):
+    for options in (
+        EnhanceOptions(denoise=False, upsample=False),
+        EnhanceOptions(denoise=False, upsample=False, output_rate_hz=44_100),
+    ):
         out = enhance(tone, rate, options)
         out_rate = options.output_rate_hz
         assert out.shape == (1, out_rate)
@@ -376,12 +433,15 @@ def test_the_one_pass_denoise_equals_the_denoise_stage_and_a_long_line_takes_its
     np.testing.assert_array_equal(chunked.numpy(), denoise(noisy, 16_000, denoiser, long))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"output_rate_hz": 4000}, "output_rate_hz must be between 8000 and 192000"),
-    ({"sr": {"chunk_s": 0.0}}, "chunk_s must be in"),
-    ({"sr": {"batch_size": 0}}, "batch_size must be between 1 and 256"),
-    ({"sr": {"model": "../novasr"}}, "model must be a model name"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"output_rate_hz": 4000}, "output_rate_hz must be between 8000 and 192000"),
+        ({"sr": {"chunk_s": 0.0}}, "chunk_s must be in"),
+        ({"sr": {"batch_size": 0}}, "batch_size must be between 1 and 256"),
+        ({"sr": {"model": "../novasr"}}, "model must be a model name"),
+    ],
+)
 def test_invalid_options_fail_with_one_line(change, message):
     with pytest.raises(ValueError, match=message):
         EnhanceOptions(**{k: UpsampleOptions(**v) if k == "sr" else v for k, v in change.items()})
@@ -437,15 +497,24 @@ def test_the_task_in_a_flow_writes_48khz_speech_and_is_cached(tmp_path, use_stor
     line, rate = audio.decode_wav_bytes(store.get_bytes(ingested["key"], ingested["sha256"]))
     enhanced, enhanced_rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(result.artifact.uri), result.sha256))
     assert rate == TTS_RATE_HZ and enhanced_rate == 48_000 and enhanced.shape == (1, 2 * line.shape[1])
-    denoiser, sr_model = (load_enhance_denoiser("dns48", "cpu", models.model_dir),
-                          load_upsample_model("novasr", "cpu", models.model_dir))  # fmt: skip
+    denoiser, sr_model = (
+        load_enhance_denoiser("dns48", "cpu", models.model_dir),
+        load_upsample_model("novasr", "cpu", models.model_dir),
+    )
     np.testing.assert_array_equal(enhanced, enhance(line, rate, options, denoiser, sr_model))
 
     row = artifacts.loc["enhance"]
-    assert (row["name"], row["sample_rate_hz"], row["frames"], row["sha256"]) == ("enhanced.wav", 48_000, enhanced.shape[1], result.sha256)
+    assert (row["name"], row["sample_rate_hz"], row["frames"], row["sha256"]) == (
+        "enhanced.wav",
+        48_000,
+        enhanced.shape[1],
+        result.sha256,
+    )
     assert result.steps == ("denoise", "upsample") and "/enhance/" in result.artifact.uri
     assert result.source_sha256 == catalog.frame("files")["sha256"].iloc[0]
-    assert result.summary()["steps"] == "denoise → upsample" and result.summary()["duration_s"] == pytest.approx(3.1, abs=0.05)
+    assert result.summary()["steps"] == "denoise → upsample" and result.summary()["duration_s"] == pytest.approx(
+        3.1, abs=0.05
+    )
 
     assert enhance_flow(str(BABBLE)) == result  # the same line again: a cache hit
     runs = catalog.frame("stage_runs")

@@ -8,6 +8,8 @@ import boto3
 import numpy as np
 import pytest
 
+from tests.conftest import CORPUS
+from tests.synth import tone_and_noise, write_audio
 from voxflow.flows.ingest import ingest
 from voxflow.flows.pipelines import FilesFailed
 from voxflow.storage.keys import parse_location
@@ -15,8 +17,6 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.ingest import IngestOptions
-from tests.conftest import CORPUS
-from tests.synth import tone_and_noise, write_audio
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -184,9 +184,12 @@ def test_s3_source_into_s3_store(s3_settings, use_store):
     catalog = use_store(s3_settings)
     location = parse_location(s3_settings.location)
     client = boto3.client(
-        "s3", endpoint_url=s3_settings.endpoint_url, region_name="us-east-1",
-        aws_access_key_id=s3_settings.access_key_id, aws_secret_access_key=s3_settings.secret_access_key,
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s3_settings.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=s3_settings.access_key_id,
+        aws_secret_access_key=s3_settings.secret_access_key,
+    )
     for name in ("asr_en_jfk/jfk.flac", "music_vocals_mp3/audio_example.mp3"):
         client.upload_file(str(CORPUS / name), location.bucket, f"incoming/{name}")
     report = ingest(paths=[f"s3://{location.bucket}/incoming"])

@@ -9,12 +9,12 @@ import shutil
 import boto3
 import pytest
 
+from tests.conftest import CORPUS
+from tests.synth import tone_and_noise, write_audio
 from voxflow.flows.ingest_folder import ingest_folder
 from voxflow.flows.pipelines import FilesFailed
 from voxflow.storage.keys import parse_location
 from voxflow.storage.settings import StoreSettings
-from tests.conftest import CORPUS
-from tests.synth import tone_and_noise, write_audio
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 CORPUS_FILES = 9
@@ -57,7 +57,10 @@ def test_new_and_changed_files_run_again_and_pattern_selects(tmp_path, use_store
     write_audio(inbox / "c.wav", tone_and_noise(1, 8000, 1.0, seed=4), 8000)  # new
     report = ingest_folder(source=str(inbox))
     assert sorted((o.source_uri.rsplit("/", 1)[1], o.status) for o in report.outcomes) == [
-        ("a.wav", "done"), ("b.flac", "skipped"), ("c.wav", "done")]  # fmt: skip
+        ("a.wav", "done"),
+        ("b.flac", "skipped"),
+        ("c.wav", "done"),
+    ]
     assert len(catalog.frame("files")) == 4  # the replaced file's bytes are a new source
 
 
@@ -95,9 +98,13 @@ def test_s3_prefix_with_an_endpoint_failing_the_first_writes(s3_settings, use_st
     settings = dataclasses.replace(s3_settings, endpoint_url=flaky.url)
     catalog = use_store(settings)
     location = parse_location(s3_settings.location)
-    client = boto3.client("s3", endpoint_url=s3_settings.endpoint_url, region_name="us-east-1",
-                          aws_access_key_id=s3_settings.access_key_id,
-                          aws_secret_access_key=s3_settings.secret_access_key)  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_settings.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=s3_settings.access_key_id,
+        aws_secret_access_key=s3_settings.secret_access_key,
+    )
     for name in ("denoise_babble/speech.wav", "music_vocals_mp3/audio_example.mp3", "clone_ref_lj/LJ050-0131.wav"):
         client.upload_file(str(CORPUS / name), location.bucket, f"drop/{name}")
     client.put_object(Bucket=location.bucket, Key="drop/notes.txt", Body=b"not audio")
@@ -133,8 +140,10 @@ def test_dask_cluster_gives_the_same_results_as_the_default_runner(s3_settings, 
     from voxflow.storage.store import open_store
 
     columns = ["sha256", "source_uri", "duration_s", "integrated_lufs", "peak"]
-    by_runner = [Catalog(open_store(s)).frame("files")[columns].sort_values("sha256").reset_index(drop=True)
-                 for s in (default_settings, dask_settings)]  # fmt: skip
+    by_runner = [
+        Catalog(open_store(s)).frame("files")[columns].sort_values("sha256").reset_index(drop=True)
+        for s in (default_settings, dask_settings)
+    ]
     assert by_runner[0].equals(by_runner[1])
     workers = {int(w.rsplit(":", 1)[1]) for w in catalog.frame("stage_runs")["worker"]}
     assert workers and os.getpid() not in workers  # the stages ran in the Dask worker processes

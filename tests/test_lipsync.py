@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio
@@ -30,7 +31,6 @@ from voxflow.tasks.lipsync import (
     video_frame_count,
     video_windows,
 )
-from tests.conftest import CORPUS
 
 TOLERANCE = 1e-4  # max abs difference on the [-4, 4] scale
 SPEECH = CORPUS / "denoise_babble" / "speech.wav"  # 3.1 s, 16 kHz mono
@@ -46,11 +46,22 @@ def reference_log_mel(x: np.ndarray, options: LipsyncOptions = LipsyncOptions())
     emphasised = scipy.signal.lfilter([1, -options.preemphasis], [1], x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa warns when n_fft exceeds a short signal
-        spectrum = librosa.stft(emphasised, n_fft=options.n_fft, hop_length=options.hop_samples,
-                                win_length=options.win_samples, window="hann", center=True,
-                                pad_mode=options.pad_mode)  # fmt: skip
-    filters = librosa.filters.mel(sr=options.sample_rate_hz, n_fft=options.n_fft, n_mels=options.n_mels,
-                                  fmin=options.fmin_hz, fmax=options.fmax_hz)  # fmt: skip
+        spectrum = librosa.stft(
+            emphasised,
+            n_fft=options.n_fft,
+            hop_length=options.hop_samples,
+            win_length=options.win_samples,
+            window="hann",
+            center=True,
+            pad_mode=options.pad_mode,
+        )
+    filters = librosa.filters.mel(
+        sr=options.sample_rate_hz,
+        n_fft=options.n_fft,
+        n_mels=options.n_mels,
+        fmin=options.fmin_hz,
+        fmax=options.fmax_hz,
+    )
     min_level = np.exp(options.min_level_db / 20 * np.log(10))
     db = 20 * np.log10(np.maximum(min_level, filters @ np.abs(spectrum))) - options.ref_level_db
     m = options.max_abs_value
@@ -98,8 +109,20 @@ def test_log_mel_matches_the_librosa_reference_on_real_speech(speech, jfk16k):
         assert ours.max() > 1.0 and ours.min() == -4.0 and ours.std() > 0.5
 
 
-@pytest.mark.parametrize("part", ["one sample", "100 samples", "400 samples", "401 samples", "402 samples",
-                                  "1000 samples", "0.19 s", "silence", "full scale"])  # fmt: skip
+@pytest.mark.parametrize(
+    "part",
+    [
+        "one sample",
+        "100 samples",
+        "400 samples",
+        "401 samples",
+        "402 samples",
+        "1000 samples",
+        "0.19 s",
+        "silence",
+        "full scale",
+    ],
+)
 def test_log_mel_matches_the_reference_on_edge_cases(speech, part):
     voiced = speech[24_000:]  # inside a word, so short pieces are not silent
     x = {
@@ -120,12 +143,26 @@ def test_log_mel_matches_the_reference_on_edge_cases(speech, part):
         assert ours.max() > -2.0  # the piece is not silent, so the comparison is not of two floors
 
 
-@pytest.mark.parametrize("options", [
-    LipsyncOptions(pad_mode="constant"),
-    LipsyncOptions(win_samples=600, preemphasis=0.0),
-    LipsyncOptions(sample_rate_hz=22_050, n_fft=1024, hop_samples=256, win_samples=1024, n_mels=40, fmin_hz=0,
-                   fmax_hz=11_025, ref_level_db=0, min_level_db=-80, max_abs_value=1.0),
-], ids=["constant padding", "shorter window, no pre-emphasis", "22 kHz, 40 mels"])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        LipsyncOptions(pad_mode="constant"),
+        LipsyncOptions(win_samples=600, preemphasis=0.0),
+        LipsyncOptions(
+            sample_rate_hz=22_050,
+            n_fft=1024,
+            hop_samples=256,
+            win_samples=1024,
+            n_mels=40,
+            fmin_hz=0,
+            fmax_hz=11_025,
+            ref_level_db=0,
+            min_level_db=-80,
+            max_abs_value=1.0,
+        ),
+    ],
+    ids=["constant padding", "shorter window, no pre-emphasis", "22 kHz, 40 mels"],
+)
 def test_other_analysis_settings_match_the_reference(speech, options):
     _assert_matches_reference(speech, options)
 
@@ -211,12 +248,19 @@ def test_prepare_downmixes_and_resamples():
     assert mono.ndim == 1 and abs(mono.size - decoded.frames * 16_000 / 44_100) <= 1
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"fps": 0}, "fps must be"), ({"window_frames": 0}, "window_frames must be"),
-    ({"preemphasis": 1.0}, "preemphasis must be"), ({"win_samples": 1000}, "win_samples must be"),
-    ({"fmax_hz": 9000}, "fmax_hz"), ({"min_level_db": 0}, "min_level_db must be negative"),
-    ({"pad_mode": "edge"}, "pad_mode must be one of"), ({"hop_samples": 0}, "hop_samples must be"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"fps": 0}, "fps must be"),
+        ({"window_frames": 0}, "window_frames must be"),
+        ({"preemphasis": 1.0}, "preemphasis must be"),
+        ({"win_samples": 1000}, "win_samples must be"),
+        ({"fmax_hz": 9000}, "fmax_hz"),
+        ({"min_level_db": 0}, "min_level_db must be negative"),
+        ({"pad_mode": "edge"}, "pad_mode must be one of"),
+        ({"hop_samples": 0}, "hop_samples must be"),
+    ],
+)
 def test_invalid_options_fail_with_one_line(change, message):
     with pytest.raises(ValueError, match=message) as error:
         LipsyncOptions(**change)

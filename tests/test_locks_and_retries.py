@@ -37,10 +37,16 @@ def test_lock_excludes_other_holders_until_released(tmp_path):
 
 def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from voxflow.tasks.kit.locks import FileLockManager; "
-         f"FileLockManager({str(tmp_path)!r}).acquire_lock('k', 'dead'); print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from voxflow.tasks.kit.locks import FileLockManager; "
+            f"FileLockManager({str(tmp_path)!r}).acquire_lock('k', 'dead'); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
     assert holder.stdout.readline().strip() == "held"
     assert FileLockManager(tmp_path).is_locked("k")
     os.kill(holder.pid, signal.SIGKILL)

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voxflow.flows.synthesize import SpeechItem, synthesize
+from tests.conftest import CORPUS
 from voxflow.flows.speech import SpeechOptions
+from voxflow.flows.synthesize import SpeechItem, synthesize
 from voxflow.flows.transcribe import TranscribeFlowOptions, transcribe
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.synthesize import SynthesizeOptions
 from voxflow.tasks.transcribe import TranscribeOptions
-from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -42,8 +42,9 @@ def clips(folder: Path) -> list[str]:
     paths = []
     for source, start_s, length_s in CLIPS:
         info = sf.info(source)
-        samples, rate = sf.read(source, start=int(start_s * info.samplerate), frames=int(length_s * info.samplerate),
-                                always_2d=True)  # fmt: skip
+        samples, rate = sf.read(
+            source, start=int(start_s * info.samplerate), frames=int(length_s * info.samplerate), always_2d=True
+        )
         path = folder / f"{source.stem}-clip.wav"
         sf.write(path, samples, rate, subtype="PCM_16")
         paths.append(str(path))
@@ -88,8 +89,12 @@ def test_analysis_stages_give_the_same_results_in_parallel_as_one_by_one(tmp_pat
 
 def test_synthesis_stages_give_the_same_results_in_parallel_as_one_by_one(tmp_path, use_store, models_env):
     references = clips(tmp_path / "voices")
-    items = [SpeechItem(text=f"Line number {i}.", reference=ref, reference_transcript="Words of a voice.",
-                        language="English") for i, ref in enumerate(references)]  # fmt: skip
+    items = [
+        SpeechItem(
+            text=f"Line number {i}.", reference=ref, reference_transcript="Words of a voice.", language="English"
+        )
+        for i, ref in enumerate(references)
+    ]
     options = SpeechOptions(synthesize=QUICK)
     catalog = use_store(StoreSettings(location=str(tmp_path / "store-1")))
     one_by_one = [synthesize(mode="clone", items=[item], options=options).lines[0] for item in items]
@@ -133,7 +138,8 @@ def _speech(path: str) -> tuple[np.ndarray, int]:
 
 def _stage_computes(folder: str, paths: list[str]) -> dict:
     """Each model stage's compute function on one shared model, as ``compute(i)`` on file i."""
-    from voxflow.tasks import denoise, diarize, enhance, separate, synthesize as tts, transcribe, upsample
+    from voxflow.tasks import denoise, diarize, enhance, separate, transcribe, upsample
+    from voxflow.tasks import synthesize as tts
 
     audio = [_speech(p) for p in paths]
     speech16k = [transcribe.whisper_audio(*a) for a in audio]
@@ -155,14 +161,17 @@ def _stage_computes(folder: str, paths: list[str]) -> dict:
     return {
         "denoise": lambda i: denoise.denoise(*audio[i], dns),
         "separate": stems,
-        "diarize": lambda i: diarize.diarize(diarize.waveform_input(speech16k[i][None], 16000), pipeline,
-                                             diarize.DiarizeOptions()),  # fmt: skip
+        "diarize": lambda i: diarize.diarize(
+            diarize.waveform_input(speech16k[i][None], 16000), pipeline, diarize.DiarizeOptions()
+        ),
         "transcribe": lambda i: transcribe.transcribe_speech(whisper, vad, speech16k[i], english),
         "transcribe-faster-whisper": lambda i: transcribe.transcribe_speech(
-            faster, vad, speech16k[i], replace(english, backend="faster-whisper")),
+            faster, vad, speech16k[i], replace(english, backend="faster-whisper")
+        ),
         "voice_prompt": lambda i: tts.voice_prompt(base, *audio[i], "Words of a voice.").to_bytes(),
-        "synthesize": lambda i: tts.synthesize(base, "clone", [tts.SynthesisItem(f"Line {i}.", "English")], QUICK,
-                                               prompts[i])[0].samples,  # fmt: skip
+        "synthesize": lambda i: (
+            tts.synthesize(base, "clone", [tts.SynthesisItem(f"Line {i}.", "English")], QUICK, prompts[i])[0].samples
+        ),
         "enhance": lambda i: enhance.enhance(audio[i][0][:1], audio[i][1], enhance.EnhanceOptions(), dns, novasr),
     }
 
@@ -171,8 +180,16 @@ def _same(a, b) -> bool:
     return np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
 
 
-STAGES = ["denoise", "separate", "diarize", "transcribe", "transcribe-faster-whisper", "voice_prompt", "synthesize",
-          "enhance"]  # fmt: skip
+STAGES = [
+    "denoise",
+    "separate",
+    "diarize",
+    "transcribe",
+    "transcribe-faster-whisper",
+    "voice_prompt",
+    "synthesize",
+    "enhance",
+]
 
 
 @pytest.fixture(scope="module")

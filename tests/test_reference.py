@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
-from voxflow.tasks.helpers import audio
 from voxflow.tasks.denoise import DEFAULT_MODEL, LIBRARY, DenoiseOptions, denoise, load_denoise_model
+from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.runs import is_transient
 from voxflow.tasks.reference import (
     ReferenceError,
     ReferenceOptions,
@@ -29,8 +31,6 @@ from voxflow.tasks.reference import (
     prepare_reference,
     speech_frames,
 )
-from voxflow.tasks.kit.runs import is_transient
-from tests.conftest import CORPUS
 
 LJ = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"  # 7.7 s, 22.05 kHz mono, clean
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"  # 3.1 s, 16 kHz mono, babble at 0 dB SNR
@@ -90,7 +90,9 @@ def test_a_padded_real_reference_is_16k_mono_at_the_target_loudness_and_trimmed_
     assert report.peak_dbfs == audio.to_dbfs(audio.peak(out)) <= -1.0
     # the speech of the original file, 1 s in, with trim_pad_s (0.1 s) of the silence kept around it
     assert report.trimmed_start_s == pytest.approx(1.0 - 0.1, abs=BOUND_TOLERANCE_S)
-    assert report.trimmed_start_s + report.duration_s == pytest.approx(1.0 + LJ_SPEECH_END_S + 0.1, abs=BOUND_TOLERANCE_S)
+    assert report.trimmed_start_s + report.duration_s == pytest.approx(
+        1.0 + LJ_SPEECH_END_S + 0.1, abs=BOUND_TOLERANCE_S
+    )
     total_s = report.trimmed_start_s + report.duration_s + report.trimmed_end_s
     assert total_s == pytest.approx(padded.shape[1] / rate, abs=1e-3)
     assert report.speech_s == pytest.approx(LJ_SPEECH_END_S, abs=BOUND_TOLERANCE_S) and report.speech_s >= 3.0
@@ -153,9 +155,15 @@ def _bad(kind: str, lj: tuple[np.ndarray, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("process", [True, False])
-@pytest.mark.parametrize(("kind", "reason"), [
-    ("short", "too short"), ("zeros", "silent"), ("quiet noise", "silent"), ("clipped", "clipped"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("short", "too short"),
+        ("zeros", "silent"),
+        ("quiet noise", "silent"),
+        ("clipped", "clipped"),
+    ],
+)
 def test_a_bad_reference_fails_with_one_line_naming_it(model, lj, kind, reason, process):
     options = ReferenceOptions(process=process)
     with pytest.raises(ReferenceError) as error:
@@ -208,15 +216,18 @@ def test_a_long_reference_is_cut_at_a_quiet_pause_before_max_s(model, lj):
     assert np.sqrt(np.mean(tail.astype(np.float64) ** 2)) < 0.01 * np.abs(out).max()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"sample_rate_hz": 4000}, "sample_rate_hz must be between"),
-    ({"loudness_lufs": 0.0}, "loudness_lufs must be between"),
-    ({"trim_threshold_db": 0.0}, "trim_threshold_db must be in"),
-    ({"min_speech_s": 0.1}, "min_speech_s must be at least 0.5"),
-    ({"min_speech_s": 10.0, "max_s": 10.0}, r"min_speech_s \+ trim_pad_s \(10.1\) must be shorter than max_s"),
-    ({"silence_dbfs": 3.0}, "silence_dbfs must be in"),
-    ({"clipped_fraction": 2.0}, "clipped_fraction must be between"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sample_rate_hz": 4000}, "sample_rate_hz must be between"),
+        ({"loudness_lufs": 0.0}, "loudness_lufs must be between"),
+        ({"trim_threshold_db": 0.0}, "trim_threshold_db must be in"),
+        ({"min_speech_s": 0.1}, "min_speech_s must be at least 0.5"),
+        ({"min_speech_s": 10.0, "max_s": 10.0}, r"min_speech_s \+ trim_pad_s \(10.1\) must be shorter than max_s"),
+        ({"silence_dbfs": 3.0}, "silence_dbfs must be in"),
+        ({"clipped_fraction": 2.0}, "clipped_fraction must be between"),
+    ],
+)
 def test_invalid_options_fail_with_one_line(change, message):
     with pytest.raises(ValueError, match=message):
         ReferenceOptions(**change)
@@ -254,10 +265,16 @@ def test_the_task_in_a_flow_cleans_caches_checks_and_refuses(tmp_path, use_store
     expected, report = prepare_reference(working, working_rate, PASS_THROUGH, model, "voice.wav")
     assert (working_rate, clean_rate, clean.shape[0]) == (22_050, 16_000, 1)
     np.testing.assert_array_equal(clean, expected)
-    assert result.report == report and result.processed and result.report.trimmed_start_s == pytest.approx(0.9, abs=0.15)
+    assert (
+        result.report == report and result.processed and result.report.trimmed_start_s == pytest.approx(0.9, abs=0.15)
+    )
     row = artifacts.loc["reference"]
     assert (row["name"], row["sample_rate_hz"], row["channels"], row["input_sha256"]) == (
-        "reference.wav", 16_000, 1, ingested["sha256"])  # fmt: skip
+        "reference.wav",
+        16_000,
+        1,
+        ingested["sha256"],
+    )
     assert result.source_sha256 == catalog.frame("files")["sha256"].iloc[0]
     assert result.summary()["lufs"] == pytest.approx(-20.0, abs=LOUDNESS_TOLERANCE_LU)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import CORPUS
 from voxflow.storage.catalog import TABLES, Catalog
 from voxflow.storage.store import LocalStore
-from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,15 @@ def _start(tmp_path: Path, files: list[str], **extra: str) -> subprocess.Popen:
         PYTHONPATH=str(ROOT),
         **extra,
     )
-    return subprocess.Popen([sys.executable, "-m", "tests.run_chain", *files], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.run_chain", *files],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _raw(catalog: Catalog, table: str) -> pd.DataFrame:

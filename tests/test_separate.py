@@ -20,13 +20,13 @@ from demucs.audio import convert_audio_channels
 from demucs.htdemucs import HTDemucs
 from prefect import flow
 
+from tests.conftest import CORPUS
 from voxflow.flows.environment import environment
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.ingest import NATIVE, ingest_file
 from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound, ModelSettings
-from voxflow.tasks.testing.random_models.demucs import TINY, random_htdemucs, write_bag
 from voxflow.tasks.separate import (
     SeparateOptions,
     SeparateResult,
@@ -36,7 +36,7 @@ from voxflow.tasks.separate import (
     separate_audio,
     separate_stems,
 )
-from tests.conftest import CORPUS
+from voxflow.tasks.testing.random_models.demucs import TINY, random_htdemucs, write_bag
 
 RTOL, ATOL = 1e-4, 1e-5  # float32, relative to stems of about 0.1 full scale
 MUSIC = CORPUS / "music_vocals_mp3" / "audio_example.mp3"  # 10.9 s, 44.1 kHz stereo: several 1.95 s segments
@@ -81,8 +81,13 @@ def music_separated(model, music):
     progress: list[tuple[int, int]] = []
     handle = model.models[0].register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
     try:
-        found = separate(music.samples, music.sample_rate_hz, model, SeparateOptions(batch_size=4),
-                         hook=lambda done, total: progress.append((done, total)))  # fmt: skip
+        found = separate(
+            music.samples,
+            music.sample_rate_hz,
+            model,
+            SeparateOptions(batch_size=4),
+            hook=lambda done, total: progress.append((done, total)),
+        )
     finally:
         handle.remove()
     return found, shapes, progress
@@ -116,9 +121,15 @@ def test_pull_stores_the_hub_bag_as_a_local_repo(tmp_path, monkeypatch):
     hub.mkdir()
     write_bag(hub, "htdemucs", ["abcd1234"])
     encode = lambda value: {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}  # noqa: E731
-    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, hub / "abcd1234.safetensors", metadata={
-        "klass": "demucs.htdemucs.HTDemucs", "args": json.dumps(args), "kwargs": json.dumps(kwargs, default=encode),
-    })  # fmt: skip
+    save_file(
+        {k: v.contiguous() for k, v in published.state_dict().items()},
+        hub / "abcd1234.safetensors",
+        metadata={
+            "klass": "demucs.htdemucs.HTDemucs",
+            "args": json.dumps(args),
+            "kwargs": json.dumps(kwargs, default=encode),
+        },
+    )
     asked = []
 
     def download(repo_id: str, filename: str, **kwargs) -> str:
@@ -213,8 +224,9 @@ def test_a_bag_of_two_models_equals_apply_model_on_the_bag(bag, short_mix, bag_u
     assert_close(ours, bag_unshifted)
 
 
-def test_shifts_draw_their_offsets_in_apply_models_order_from_their_own_seed(bag, short_mix, bag_unshifted,
-                                                                              monkeypatch):  # fmt: skip
+def test_shifts_draw_their_offsets_in_apply_models_order_from_their_own_seed(
+    bag, short_mix, bag_unshifted, monkeypatch
+):
     ours = separate_stems(bag, short_mix, torch.eye(4), shifts=2, shift_seed=7, batch_size=2)
     # apply_model draws from the global random, which every HTDemucs forward call also consumes: give
     # its draws their own generator, as ours has
@@ -283,8 +295,7 @@ def separate_one(path: str, options: SeparateOptions, model_dir: str) -> Separat
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_task_writes_vocals_and_accompaniment_and_is_cached(tmp_path, use_store, model_dir, music,
-                                                               music_separated):  # fmt: skip
+def test_the_task_writes_vocals_and_accompaniment_and_is_cached(tmp_path, use_store, model_dir, music, music_separated):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     options = SeparateOptions(batch_size=4)
     result = separate_one(str(MUSIC), options, str(model_dir))
@@ -293,8 +304,15 @@ def test_the_task_writes_vocals_and_accompaniment_and_is_cached(tmp_path, use_st
     artifacts = catalog.frame("artifacts")
     rows = artifacts[artifacts["stage"] == "separate"].set_index("name")
     assert sorted(rows.index) == ["accompaniment.wav", "vocals.wav"]
-    assert set(rows["sample_rate_hz"]) == {44_100} and set(rows["channels"]) == {2} and set(rows["frames"]) == {music.frames}
-    assert rows.loc["vocals.wav", "uri"] == result.artifact.uri and rows.loc["accompaniment.wav", "uri"] == result.accompaniment.uri
+    assert (
+        set(rows["sample_rate_hz"]) == {44_100}
+        and set(rows["channels"]) == {2}
+        and set(rows["frames"]) == {music.frames}
+    )
+    assert (
+        rows.loc["vocals.wav", "uri"] == result.artifact.uri
+        and rows.loc["accompaniment.wav", "uri"] == result.accompaniment.uri
+    )
     assert rows["input_sha256"].nunique() == 1 and "/separate/" in result.artifact.uri
 
     expected = music_separated[0]  # the same samples (stored as float WAV) with the same options

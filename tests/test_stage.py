@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from voxflow.storage.settings import StoreSettings
-from voxflow.storage.store import open_store
 from tests import stages
 from tests.conftest import CORPUS
 from tests.stages import ChainOptions, GainOptions, LevelsOptions, chain
+from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -75,7 +75,9 @@ def test_changing_one_stage_option_recomputes_that_stage_and_what_follows(tmp_pa
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
     chain(paths=[jfk])
-    assert chain(paths=[jfk], options=ChainOptions(levels=LevelsOptions(frame_s=0.25))).outcomes[0].stages == ("levels",)
+    assert chain(paths=[jfk], options=ChainOptions(levels=LevelsOptions(frame_s=0.25))).outcomes[0].stages == (
+        "levels",
+    )
     report = chain(paths=[jfk], options=ChainOptions(gain=GainOptions(gain_db=-3.0)))
     assert report.outcomes[0].stages == ("gain", "levels")
     assert _computed(catalog) == {"ingest": 1, "gain": 2, "levels": 3}
@@ -127,7 +129,9 @@ def test_out_of_memory_halves_the_batch_and_succeeds(tmp_path, use_store):
 def test_out_of_memory_at_batch_one_is_retried_by_prefect(tmp_path, use_store):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     stages.FAULTS["oom_any_batch"] = 1
-    report = chain(paths=[str(CORPUS / "denoise_babble" / "speech.wav")], options=ChainOptions(gain=GainOptions(batch_size=1)))
+    report = chain(
+        paths=[str(CORPUS / "denoise_babble" / "speech.wav")], options=ChainOptions(gain=GainOptions(batch_size=1))
+    )
     assert report.outcomes[0].status == "done"
     runs = catalog.frame("stage_runs")
     gains = runs[runs["stage"] == "gain"].sort_values("attempt")

@@ -85,9 +85,12 @@ def test_local_write_is_atomic_and_leaves_no_temporary_file(local_store, monkeyp
 
 def test_s3_large_object_uses_a_completed_multipart_upload(s3_settings, tmp_path):
     store = S3Store(
-        parse_location(s3_settings.location).bucket, "big", settings=s3_settings,
-        multipart_threshold_bytes=5 << 20, multipart_chunk_bytes=5 << 20,
-    )  # fmt: skip
+        parse_location(s3_settings.location).bucket,
+        "big",
+        settings=s3_settings,
+        multipart_threshold_bytes=5 << 20,
+        multipart_chunk_bytes=5 << 20,
+    )
     path = tmp_path / "big.bin"
     data = os.urandom(12 << 20)
     path.write_bytes(data)
@@ -131,9 +134,12 @@ def test_s3_endpoint_from_environment(s3_settings, monkeypatch):
     store = open_store(StoreSettings.from_env())
     store.put_bytes("env/obj", b"hello")
     raw = boto3.client(
-        "s3", endpoint_url=s3_settings.endpoint_url, region_name="us-east-1",
-        aws_access_key_id=s3_settings.access_key_id, aws_secret_access_key=s3_settings.secret_access_key,
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s3_settings.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=s3_settings.access_key_id,
+        aws_secret_access_key=s3_settings.secret_access_key,
+    )
     location = parse_location(s3_settings.location)
     assert raw.get_object(Bucket=location.bucket, Key=f"{location.path}/env/obj")["Body"].read() == b"hello"
 

@@ -11,22 +11,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import CORPUS
 from voxflow.flows.cli import main
 from voxflow.flows.clone_enhanced import clone_enhanced
 from voxflow.flows.speech import SpeechOptions
 from voxflow.flows.synthesize import SpeechItem, synthesize
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
-from voxflow.tasks.helpers import audio
 from voxflow.tasks import synthesize as tts
+from voxflow.tasks.helpers import audio
 from voxflow.tasks.reference import ReferenceOptions
 from voxflow.tasks.synthesize import SynthesizeOptions
-from tests.conftest import CORPUS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 REFERENCE = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"
-REFERENCE_TEXT = "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+REFERENCE_TEXT = (
+    "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+)
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"
 # short generations keep the tiny models fast; the guard runs but never regenerates (noise runs to the limit)
 QUICK = SynthesizeOptions(frames_per_char=0.5, margin_frames=4, max_new_tokens_cap=16, quality_retries=0)
@@ -60,13 +62,15 @@ def _wav(settings: StoreSettings, uri: str) -> tuple[np.ndarray, int]:
     return audio.decode_wav_bytes(store.get_bytes(store.key_of(uri)))
 
 
-def test_clone_enhanced_writes_48k_lines_and_rows_and_reuses_the_voice_prompt(tmp_path, use_store, models_env,
-                                                                               prompt_calls):  # fmt: skip
+def test_clone_enhanced_writes_48k_lines_and_rows_and_reuses_the_voice_prompt(
+    tmp_path, use_store, models_env, prompt_calls
+):
     settings = StoreSettings(location=str(tmp_path / "store"))
     catalog = use_store(settings)
     options = SpeechOptions(synthesize=QUICK, consent_note="LJ Speech is public domain")
-    report = clone_enhanced(reference=str(REFERENCE), lines=["Hello there.", "A second line."], language="English",
-                            options=options)  # fmt: skip
+    report = clone_enhanced(
+        reference=str(REFERENCE), lines=["Hello there.", "A second line."], language="English", options=options
+    )
     assert [line.text for line in report.lines] == ["Hello there.", "A second line."]
     assert {"ingest", "reference", "transcribe", "voice_prompt", "synthesize", "enhance"} <= set(report.computed)
     for line in report.lines:
@@ -86,8 +90,9 @@ def test_clone_enhanced_writes_48k_lines_and_rows_and_reuses_the_voice_prompt(tm
     assert set(rows["artifact_uri"]) == {line.uri for line in report.lines}
     assert prompt_calls == [1]
 
-    again = clone_enhanced(reference=str(REFERENCE), lines=["Hello there.", "A second line."], language="English",
-                           options=options)  # fmt: skip
+    again = clone_enhanced(
+        reference=str(REFERENCE), lines=["Hello there.", "A second line."], language="English", options=options
+    )
     assert again.computed == () and [line.uri for line in again.lines] == [line.uri for line in report.lines]
     assert prompt_calls == [1]  # the cached prompt was reused, not computed again
     prompts = catalog.frame("stage_runs").query("stage == 'voice_prompt'")
@@ -104,8 +109,12 @@ def test_each_switch_changes_exactly_its_own_step(tmp_path, use_store, models_en
     base = SpeechOptions(synthesize=QUICK)
 
     def run(**switches):
-        report = clone_enhanced(reference=str(REFERENCE), lines=["Hello there."], transcript=REFERENCE_TEXT,
-                                options=SpeechOptions(synthesize=QUICK, **switches))  # fmt: skip
+        report = clone_enhanced(
+            reference=str(REFERENCE),
+            lines=["Hello there."],
+            transcript=REFERENCE_TEXT,
+            options=SpeechOptions(synthesize=QUICK, **switches),
+        )
         row = catalog.frame("syntheses").set_index("artifact_uri", drop=False).loc[report.lines[0].uri]
         return report, row
 
@@ -131,8 +140,7 @@ def test_each_switch_changes_exactly_its_own_step(tmp_path, use_store, models_en
     assert base.run_pre_processing and base.run_post_processing and base.run_upsampling  # the defaults
 
 
-def test_synthesize_flow_designs_custom_voices_and_clones_in_item_order(tmp_path, use_store, models_env,
-                                                                        monkeypatch):  # fmt: skip
+def test_synthesize_flow_designs_custom_voices_and_clones_in_item_order(tmp_path, use_store, models_env, monkeypatch):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     calls = []
     original = tts._call_model
@@ -142,29 +150,50 @@ def test_synthesize_flow_designs_custom_voices_and_clones_in_item_order(tmp_path
         return original(model, mode, pieces, *args, **kwargs)
 
     monkeypatch.setattr(tts, "_call_model", counting)
-    options = SpeechOptions(synthesize=SynthesizeOptions(batch_size=4, frames_per_char=0.5, margin_frames=4,
-                                                         max_new_tokens_cap=8, quality_retries=0),
-                            run_post_processing=False)  # fmt: skip
+    options = SpeechOptions(
+        synthesize=SynthesizeOptions(
+            batch_size=4, frames_per_char=0.5, margin_frames=4, max_new_tokens_cap=8, quality_retries=0
+        ),
+        run_post_processing=False,
+    )
     texts = [f"Line {i}: " + "word " * (i % 5) for i in range(8)]
-    designed = synthesize(mode="design", items=[SpeechItem(text=t, voice_description="a calm low voice") for t in texts],
-                          language="English", options=options)  # fmt: skip
+    designed = synthesize(
+        mode="design",
+        items=[SpeechItem(text=t, voice_description="a calm low voice") for t in texts],
+        language="English",
+        options=options,
+    )
     assert [line.text for line in designed.lines] == texts and calls == [("design", 4), ("design", 4)]
 
     calls.clear()
-    custom = synthesize(mode="custom", items=[SpeechItem(text="Hi.", speaker="Vivian", instruction="cheerful"),
-                                              SpeechItem(text="Bye.", speaker="Ryan")], options=options)  # fmt: skip
+    custom = synthesize(
+        mode="custom",
+        items=[
+            SpeechItem(text="Hi.", speaker="Vivian", instruction="cheerful"),
+            SpeechItem(text="Bye.", speaker="Ryan"),
+        ],
+        options=options,
+    )
     assert len(custom.lines) == 2 and calls == [("custom", 2)]
 
-    clone = synthesize(mode="clone", items=[SpeechItem(text="One.", reference=str(REFERENCE), reference_transcript=REFERENCE_TEXT),
-                                            SpeechItem(text="Two.", reference=str(BABBLE), reference_transcript="noisy speech"),
-                                            SpeechItem(text="Three.", reference=str(REFERENCE), reference_transcript=REFERENCE_TEXT)],
-                       options=replace_reference(options, min_speech_s=1.0))  # fmt: skip
+    clone = synthesize(
+        mode="clone",
+        items=[
+            SpeechItem(text="One.", reference=str(REFERENCE), reference_transcript=REFERENCE_TEXT),
+            SpeechItem(text="Two.", reference=str(BABBLE), reference_transcript="noisy speech"),
+            SpeechItem(text="Three.", reference=str(REFERENCE), reference_transcript=REFERENCE_TEXT),
+        ],
+        options=replace_reference(options, min_speech_s=1.0),
+    )
     assert [line.text for line in clone.lines] == ["One.", "Two.", "Three."]
     rows = catalog.frame("syntheses").set_index("artifact_uri")
     sources = [rows.loc[line.uri, "voice_source"] for line in clone.lines]
     assert sources == [str(REFERENCE), str(BABBLE), str(REFERENCE)]
     assert set(rows["mode"]) == {"design", "custom", "clone"} and len(rows) == 8 + 2 + 3
-    assert rows.loc[custom.lines[0].uri, "speaker"] == "Vivian" and rows.loc[custom.lines[0].uri, "instruction"] == "cheerful"
+    assert (
+        rows.loc[custom.lines[0].uri, "speaker"] == "Vivian"
+        and rows.loc[custom.lines[0].uri, "instruction"] == "cheerful"
+    )
 
 
 def replace_reference(options: SpeechOptions, **changes) -> SpeechOptions:
@@ -178,8 +207,13 @@ def test_a_bad_reference_fails_the_run_with_one_line_naming_it(tmp_path, use_sto
     short = tmp_path / "short.wav"
     samples, rate = audio.decode_wav_bytes(REFERENCE.read_bytes())
     short.write_bytes(audio.encode_wav(samples[:, :rate], rate))
-    state = clone_enhanced(reference=str(short), lines=["Hello."], transcript="unless", options=SpeechOptions(synthesize=QUICK),
-                           return_state=True)  # fmt: skip
+    state = clone_enhanced(
+        reference=str(short),
+        lines=["Hello."],
+        transcript="unless",
+        options=SpeechOptions(synthesize=QUICK),
+        return_state=True,
+    )
     error = state.result(raise_on_failure=False)
     assert state.is_failed() and "short.wav" in str(error) and "too short" in str(error)
     assert len(str(error).strip().splitlines()) == 1
@@ -188,11 +222,17 @@ def test_a_bad_reference_fails_the_run_with_one_line_naming_it(tmp_path, use_sto
 def test_unknown_speaker_or_language_lists_the_supported_ones(tmp_path, use_store, models_env):
     use_store(StoreSettings(location=str(tmp_path / "store")))
     options = SpeechOptions(synthesize=QUICK, run_post_processing=False)
-    state = synthesize(mode="custom", items=[SpeechItem(text="Hi.", speaker="Nobody")], options=options, return_state=True)
+    state = synthesize(
+        mode="custom", items=[SpeechItem(text="Hi.", speaker="Nobody")], options=options, return_state=True
+    )
     message = str(state.result(raise_on_failure=False))
     assert state.is_failed() and "Nobody" in message and "vivian" in message.lower()
-    state = synthesize(mode="design", items=[SpeechItem(text="Hi.", voice_description="calm", language="Klingon")],
-                       options=options, return_state=True)  # fmt: skip
+    state = synthesize(
+        mode="design",
+        items=[SpeechItem(text="Hi.", voice_description="calm", language="Klingon")],
+        options=options,
+        return_state=True,
+    )
     message = str(state.result(raise_on_failure=False))
     assert state.is_failed() and "Klingon" in message and "english" in message.lower()
     with pytest.raises(ValueError, match="voice_description"):
@@ -209,8 +249,9 @@ def _cli(*argv: str) -> tuple[int, str, str]:
 def test_voxflow_clone_and_synth_commands(tmp_path, use_store, models_env, monkeypatch):
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     out = tmp_path / "out"
-    code, stdout, stderr = _cli("clone", str(REFERENCE), "Hello there.", "A second line.", "--out", str(out),
-                                "--batch-size", "2")  # fmt: skip
+    code, stdout, stderr = _cli(
+        "clone", str(REFERENCE), "Hello there.", "A second line.", "--out", str(out), "--batch-size", "2"
+    )
     assert code == 0, stderr
     assert "2 line(s) written" in stdout and "Hello there." in stdout
     written = sorted(out.glob("*.wav"))
@@ -218,8 +259,9 @@ def test_voxflow_clone_and_synth_commands(tmp_path, use_store, models_env, monke
     assert all(audio.decode_wav_bytes(p.read_bytes())[1] == 48000 for p in written)
     assert len(catalog.frame("syntheses")) == 2
 
-    code, stdout, stderr = _cli("synth", "--design", "a calm low voice", "Good morning.", "--no-upsampling",
-                                "--no-post-processing")  # fmt: skip
+    code, stdout, stderr = _cli(
+        "synth", "--design", "a calm low voice", "Good morning.", "--no-upsampling", "--no-post-processing"
+    )
     assert code == 0, stderr and "1 line(s) written" in stdout
     rows = catalog.frame("syntheses")
     assert set(rows["mode"]) == {"clone", "design"}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio, quality
@@ -27,10 +28,10 @@ from voxflow.tasks.synthesize import (
     DEFAULT_MODELS,
     LIBRARY,
     SAMPLE_RATE_HZ,
+    ReferenceText,
     SynthesisItem,
     SynthesisRequest,
     SynthesizeOptions,
-    ReferenceText,
     VoicePrompt,
     VoicePromptOptions,
     crossfade_join,
@@ -45,10 +46,11 @@ from voxflow.tasks.synthesize import (
     validate_items,
     voice_prompt,
 )
-from tests.conftest import CORPUS
 
 REFERENCE = CORPUS / "clone_ref_lj" / "LJ050-0131.wav"  # 7.7 s, 22.05 kHz mono
-REFERENCE_TEXT = "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+REFERENCE_TEXT = (
+    "unless a system is established for the frequent formal review of activities thereunder. in this regard"
+)
 HOP = 1920  # samples per codec frame at 24 kHz
 SHORT = dict(frames_per_char=0.25, margin_frames=4, max_new_tokens_cap=40)  # a few frames per call
 LINES = ("Good morning.", "The quick brown fox jumps over the lazy dog.", "Is it ready?", "Yes, it is ready now.")
@@ -89,8 +91,9 @@ class Recorder:
         def call(**kwargs):
             seed = torch.initial_seed()  # what torch.manual_seed set right before the call
             wavs, rate = fake(kwargs["text"], seed) if fake else real(**kwargs)
-            self.calls.append({"texts": list(kwargs["text"]), "max_new_tokens": kwargs["max_new_tokens"], "seed": seed,
-                               "wavs": wavs})  # fmt: skip
+            self.calls.append(
+                {"texts": list(kwargs["text"]), "max_new_tokens": kwargs["max_new_tokens"], "seed": seed, "wavs": wavs}
+            )
             return wavs, rate
 
         monkeypatch.setattr(model, method, call)
@@ -107,7 +110,9 @@ def test_the_builder_is_deterministic_and_the_folders_load_without_missing_weigh
     root = folder / LIBRARY
     rebuilt = random_models.build("qwen_tts", tmp_path, "tiny", seed=0)
     digest = {p.relative_to(tmp_path / LIBRARY): hashlib.sha256(p.read_bytes()).hexdigest() for p in rebuilt}
-    assert digest == {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    assert digest == {
+        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
     assert len(digest) == 3 * 9 and not any(p.is_symlink() for p in root.rglob("*"))  # copies, not links
     kinds = {}
     for mode, name in DEFAULT_MODELS.items():
@@ -120,10 +125,24 @@ def test_the_builder_is_deterministic_and_the_folders_load_without_missing_weigh
         config = json.loads((path / "config.json").read_text())
         assert "model_type" not in config["speaker_encoder_config"]  # the upstream round-trip fix
         kinds[mode] = (config["tts_model_type"], config["tts_model_size"], ("speaker_encoder.asp.conv.weight" in saved))
-        assert supported_languages(model) == ["auto", "chinese", "english", "french", "german", "italian", "japanese",
-                                              "korean", "portuguese", "russian", "spanish"]  # fmt: skip
-    assert kinds == {"clone": ("base", "0b6", True), "design": ("voice_design", "1b7", False),
-                     "custom": ("custom_voice", "1b7", False)}  # fmt: skip
+        assert supported_languages(model) == [
+            "auto",
+            "chinese",
+            "english",
+            "french",
+            "german",
+            "italian",
+            "japanese",
+            "korean",
+            "portuguese",
+            "russian",
+            "spanish",
+        ]
+    assert kinds == {
+        "clone": ("base", "0b6", True),
+        "design": ("voice_design", "1b7", False),
+        "custom": ("custom_voice", "1b7", False),
+    }
     assert "ryan" in supported_speakers(_load("custom", folder)) and supported_speakers(_load("design", folder)) == []
 
 
@@ -136,9 +155,15 @@ def test_full_size_models_have_the_released_parameter_counts():
 
     tokenizer = qwen_tts.text_tokenizer()
     with torch.device("meta"):  # constructed without memory: shapes only
-        counts = {kind: sum(p.numel() for p in Qwen3TTSForConditionalGeneration(
-            Qwen3TTSConfig(**qwen_tts.model_config(kind, "full", tokenizer))).parameters())
-            for kind in ("base", "voice_design", "custom_voice")}  # fmt: skip
+        counts = {
+            kind: sum(
+                p.numel()
+                for p in Qwen3TTSForConditionalGeneration(
+                    Qwen3TTSConfig(**qwen_tts.model_config(kind, "full", tokenizer))
+                ).parameters()
+            )
+            for kind in ("base", "voice_design", "custom_voice")
+        }
         codec = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**qwen_tts._speech_tokenizer_config("full")))
     # Hugging Face lists 0.9B for the 0.6B models and 2B for the 1.7B ones; the codec file is 682 MB in float32
     assert round(counts["base"] / 1e9, 2) == 0.91 and round(counts["voice_design"] / 1e9, 2) == 1.92
@@ -151,11 +176,15 @@ def test_full_size_models_have_the_released_parameter_counts():
 def test_one_bucket_equals_the_packages_own_call(folder, prompt, mode):
     model = _load(mode, folder)
     options = SynthesizeOptions(seed=7, quality_retries=0, **SHORT)
-    fields = {"design": lambda i: {"voice_description": ["a calm low voice", "bright", "an old man"][i]},
-              "custom": lambda i: {"speaker": ["Ryan", "vivian", "Eric"][i], "instruction": ["", "happy", "slowly"][i]},
-              "clone": lambda i: {}}[mode]  # fmt: skip
-    items = [SynthesisItem(text, language, **fields(i)) for i, (text, language) in
-             enumerate(zip(LINES[1:], ["english", "auto", "chinese"]))]  # fmt: skip
+    fields = {
+        "design": lambda i: {"voice_description": ["a calm low voice", "bright", "an old man"][i]},
+        "custom": lambda i: {"speaker": ["Ryan", "vivian", "Eric"][i], "instruction": ["", "happy", "slowly"][i]},
+        "clone": lambda i: {},
+    }[mode]
+    items = [
+        SynthesisItem(text, language, **fields(i))
+        for i, (text, language) in enumerate(zip(LINES[1:], ["english", "auto", "chinese"]))
+    ]
     ours = synthesize(model, mode, items, options, prompt if mode == "clone" else None)
 
     order = sorted(range(3), key=lambda i: -len(items[i].text))  # one call, longest text first
@@ -165,11 +194,13 @@ def test_one_bucket_equals_the_packages_own_call(folder, prompt, mode):
     if mode == "design":
         wavs, rate = model.generate_voice_design(instruct=[items[i].voice_description for i in order], **common)
     elif mode == "custom":
-        wavs, rate = model.generate_custom_voice(speaker=[items[i].speaker for i in order],
-                                                 instruct=[items[i].instruction for i in order], **common)  # fmt: skip
+        wavs, rate = model.generate_custom_voice(
+            speaker=[items[i].speaker for i in order], instruct=[items[i].instruction for i in order], **common
+        )
     else:
-        wavs, rate = model.generate_voice_clone(ref_audio=(audio.decode_file(REFERENCE).samples[0], 22_050),
-                                                ref_text=REFERENCE_TEXT, **common)  # fmt: skip
+        wavs, rate = model.generate_voice_clone(
+            ref_audio=(audio.decode_file(REFERENCE).samples[0], 22_050), ref_text=REFERENCE_TEXT, **common
+        )
     assert rate == SAMPLE_RATE_HZ
     for position, i in enumerate(order):
         assert ours[i].samples.dtype == np.float32 and ours[i].sample_rate_hz == rate and ours[i].seed == 7
@@ -213,18 +244,28 @@ def test_lines_are_sorted_by_length_and_each_bucket_is_one_call(folder, monkeypa
     recorder = Recorder(model, "generate_voice_design", monkeypatch)
     words = "one two three four five six seven eight nine ten eleven twelve".split()
     rng = np.random.default_rng(3)
-    items = [SynthesisItem(" ".join(rng.choice(words, size=1 + i % 7 + (i * 5) % 3)) + f" {i}.", voice_description="calm")
-             for i in range(16)]  # fmt: skip
+    items = [
+        SynthesisItem(" ".join(rng.choice(words, size=1 + i % 7 + (i * 5) % 3)) + f" {i}.", voice_description="calm")
+        for i in range(16)
+    ]
     progress = []
-    speeches = synthesize(model, "design", items, SynthesizeOptions(batch_size=8, quality_retries=0, **SHORT),
-                          hook=lambda done, total: progress.append((done, total)))  # fmt: skip
+    speeches = synthesize(
+        model,
+        "design",
+        items,
+        SynthesizeOptions(batch_size=8, quality_retries=0, **SHORT),
+        hook=lambda done, total: progress.append((done, total)),
+    )
 
     assert len(recorder.calls) == math.ceil(16 / 8) == 2
     by_length = sorted((item.text for item in items), key=len, reverse=True)
     assert [len(t) for c in recorder.calls for t in c["texts"]] == [len(t) for t in by_length]
     assert sorted(t for c in recorder.calls for t in c["texts"]) == sorted(item.text for item in items)
     for call in recorder.calls:  # each call's budget comes from its own longest text
-        assert call["max_new_tokens"] == max_new_tokens_for(call["texts"], SynthesizeOptions(**SHORT)) and call["seed"] == 0
+        assert (
+            call["max_new_tokens"] == max_new_tokens_for(call["texts"], SynthesizeOptions(**SHORT))
+            and call["seed"] == 0
+        )
         assert all(w.size == (call["max_new_tokens"] - 1) * HOP for w in call["wavs"])
     assert recorder.calls[0]["max_new_tokens"] > recorder.calls[1]["max_new_tokens"]
     for item, speech in zip(items, speeches):  # back in input order
@@ -253,17 +294,28 @@ def test_max_new_tokens_grows_with_the_text_and_a_long_text_is_split_and_joined(
     np.testing.assert_array_equal(speech.samples[-(sizes[2] - crossfade) :], recorder.output_of(pieces[2])[crossfade:])
 
 
-@pytest.mark.parametrize(("text", "max_chars", "pieces"), [
-    ("Short enough.", 50, ["Short enough."]),
-    ("One. Two! Three? Four.", 10, ["One. Two!", "Three?", "Four."]),
-    ("Pi is 3.14 today. Next sentence here.", 20, ["Pi is 3.14 today.", "Next sentence here."]),
-    ("a long clause, another clause; and a third one", 20, ["a long clause,", "another clause;", "and a third one"]),
-    ("many small words without any punctuation at all", 15, ["many small", "words without", "any punctuation", "at all"]),
-    ("今天天气很好。我们去公园吧！好吗？", 8, ["今天天气很好。", "我们去公园吧！", "好吗？"]),
-    ("第一部分，第二部分，第三部分。", 6, ["第一部分，", "第二部分，", "第三部分。"]),
-    ("abcdefghijklmnopqrstuvwxyz", 10, ["abcdefghij", "klmnopqrst", "uvwxyz"]),
-    ("  spaced \n\n  out   text.  ", 50, ["spaced out text."]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "max_chars", "pieces"),
+    [
+        ("Short enough.", 50, ["Short enough."]),
+        ("One. Two! Three? Four.", 10, ["One. Two!", "Three?", "Four."]),
+        ("Pi is 3.14 today. Next sentence here.", 20, ["Pi is 3.14 today.", "Next sentence here."]),
+        (
+            "a long clause, another clause; and a third one",
+            20,
+            ["a long clause,", "another clause;", "and a third one"],
+        ),
+        (
+            "many small words without any punctuation at all",
+            15,
+            ["many small", "words without", "any punctuation", "at all"],
+        ),
+        ("今天天气很好。我们去公园吧！好吗？", 8, ["今天天气很好。", "我们去公园吧！", "好吗？"]),
+        ("第一部分，第二部分，第三部分。", 6, ["第一部分，", "第二部分，", "第三部分。"]),
+        ("abcdefghijklmnopqrstuvwxyz", 10, ["abcdefghij", "klmnopqrst", "uvwxyz"]),
+        ("  spaced \n\n  out   text.  ", 50, ["spaced out text."]),
+    ],
+)
 def test_split_text_cuts_at_sentences_then_clauses_then_words(text, max_chars, pieces):
     assert split_text(text, max_chars) == pieces
     assert all(len(p) <= max_chars for p in split_text(text, max_chars))
@@ -278,16 +330,34 @@ def test_crossfade_join_keeps_a_steady_signal_steady():
     assert crossfade_join([], 10).size == 0
 
 
-@pytest.mark.parametrize(("mode", "item", "message"), [
-    ("design", SynthesisItem("Hi.", "klingon", voice_description="calm"),
-     r"line 0: language 'klingon' is not supported; supported: auto, chinese, english, .*, spanish"),
-    ("custom", SynthesisItem("Hi.", speaker="nobody"), r"speaker 'nobody' is not supported; speakers: aiden, dylan, .*, vivian"),
-    ("custom", SynthesisItem("Hi."), r"custom mode needs a speaker; speakers: aiden, dylan"),
-    ("design", SynthesisItem("Hi."), "design mode needs a voice_description"),
-    ("design", SynthesisItem("  ", voice_description="calm"), "line 0: text is empty"),
-    ("design", SynthesisItem("Hi.", speaker="ryan", voice_description="calm"), "speaker and instruction are for custom mode"),
-    ("custom", SynthesisItem("Hi.", speaker="ryan", voice_description="calm"), "voice_description is for design mode"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "item", "message"),
+    [
+        (
+            "design",
+            SynthesisItem("Hi.", "klingon", voice_description="calm"),
+            r"line 0: language 'klingon' is not supported; supported: auto, chinese, english, .*, spanish",
+        ),
+        (
+            "custom",
+            SynthesisItem("Hi.", speaker="nobody"),
+            r"speaker 'nobody' is not supported; speakers: aiden, dylan, .*, vivian",
+        ),
+        ("custom", SynthesisItem("Hi."), r"custom mode needs a speaker; speakers: aiden, dylan"),
+        ("design", SynthesisItem("Hi."), "design mode needs a voice_description"),
+        ("design", SynthesisItem("  ", voice_description="calm"), "line 0: text is empty"),
+        (
+            "design",
+            SynthesisItem("Hi.", speaker="ryan", voice_description="calm"),
+            "speaker and instruction are for custom mode",
+        ),
+        (
+            "custom",
+            SynthesisItem("Hi.", speaker="ryan", voice_description="calm"),
+            "voice_description is for design mode",
+        ),
+    ],
+)
 def test_lines_a_model_cannot_speak_fail_with_one_line_naming_the_choices(folder, mode, item, message):
     with pytest.raises(ValueError, match=message):
         validate_items(_load(mode, folder), mode, [item])
@@ -295,7 +365,9 @@ def test_lines_a_model_cannot_speak_fail_with_one_line_naming_the_choices(folder
 
 def test_a_model_of_the_wrong_kind_and_a_misplaced_prompt_are_refused(folder, prompt, monkeypatch):
     design = _load("design", folder)
-    with pytest.raises(ValueError, match="mode 'custom' needs a custom_voice model .* but the model is a voice_design model"):
+    with pytest.raises(
+        ValueError, match="mode 'custom' needs a custom_voice model .* but the model is a voice_design model"
+    ):
         synthesize(design, "custom", [SynthesisItem("Hi.", speaker="ryan")])
     with pytest.raises(ValueError, match="design mode takes no voice prompt"):
         synthesize(design, "design", [SynthesisItem("Hi.", voice_description="calm")], prompt=prompt)
@@ -326,7 +398,10 @@ def test_failing_lines_are_regenerated_together_with_new_seeds_then_flagged(fold
     good, flaky, bad = synthesize(model, "design", items, SynthesizeOptions(seed=5, quality_retries=2))
 
     assert [(c["texts"], c["seed"]) for c in recorder.calls] == [
-        (["good line here", "flaky line", "bad line"], 5), (["flaky line", "bad line"], 1005), (["bad line"], 2005)]
+        (["good line here", "flaky line", "bad line"], 5),
+        (["flaky line", "bad line"], 1005),
+        (["bad line"], 2005),
+    ]
     assert (good.attempts, good.seed, good.issues) == (1, 5, ())
     assert (flaky.attempts, flaky.seed, flaky.issues) == (2, 1005, ())
     assert (bad.attempts, bad.seed, bad.issues) == (3, 2005, ("silent",))
@@ -336,8 +411,12 @@ def test_failing_lines_are_regenerated_together_with_new_seeds_then_flagged(fold
 def test_a_line_cut_at_max_new_tokens_is_flagged_truncated_after_its_retries(folder, monkeypatch):
     model = _load("custom", folder)  # tiny models never stop by themselves
     recorder = Recorder(model, "generate_custom_voice", monkeypatch)
-    [speech] = synthesize(model, "custom", [SynthesisItem("Hello there.", speaker="aiden")],
-                          SynthesizeOptions(seed=1, quality_retries=1, **SHORT))  # fmt: skip
+    [speech] = synthesize(
+        model,
+        "custom",
+        [SynthesisItem("Hello there.", speaker="aiden")],
+        SynthesizeOptions(seed=1, quality_retries=1, **SHORT),
+    )
     assert [c["seed"] for c in recorder.calls] == [1, 1001]
     assert (speech.attempts, speech.seed, speech.issues) == (2, 1001, ("truncated",))
     np.testing.assert_array_equal(speech.samples, recorder.calls[-1]["wavs"][0])
@@ -363,15 +442,18 @@ def test_check_speech_names_each_kind_of_failure():
     assert quality.rms_dbfs(np.full(10, 0.1)) == pytest.approx(-20.0)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"batch_size": 0}, "batch_size must be between 1 and 256"),
-    ({"max_chars": 5}, "max_chars must be between 10 and 2000"),
-    ({"crossfade_s": -0.1}, "crossfade_s must be between 0 and 1 second"),
-    ({"margin_frames": 100, "max_new_tokens_cap": 50}, "need 2 <= margin_frames <= max_new_tokens_cap"),
-    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-    ({"quality_retries": 11}, "quality_retries must be between 0 and 10"),
-    ({"model": " "}, "model must be a repo id"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be between 1 and 256"),
+        ({"max_chars": 5}, "max_chars must be between 10 and 2000"),
+        ({"crossfade_s": -0.1}, "crossfade_s must be between 0 and 1 second"),
+        ({"margin_frames": 100, "max_new_tokens_cap": 50}, "need 2 <= margin_frames <= max_new_tokens_cap"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"quality_retries": 11}, "quality_retries must be between 0 and 10"),
+        ({"model": " "}, "model must be a repo id"),
+    ],
+)
 def test_invalid_options_fail_with_one_line(change, message):
     with pytest.raises(ValueError, match=message):
         SynthesizeOptions(**change)
@@ -379,7 +461,9 @@ def test_invalid_options_fail_with_one_line(change, message):
 
 def test_requests_and_transcripts_key_the_cache_by_content():
     a = SynthesisRequest("design", [SynthesisItem("Hi.", voice_description="calm")])  # a list becomes a tuple
-    assert isinstance(a.items, tuple) and a == SynthesisRequest("design", (SynthesisItem("Hi.", voice_description="calm"),))
+    assert isinstance(a.items, tuple) and a == SynthesisRequest(
+        "design", (SynthesisItem("Hi.", voice_description="calm"),)
+    )
     assert a.sha256 == SynthesisRequest("design", (SynthesisItem("Hi.", voice_description="calm"),)).sha256
     assert a.sha256 != SynthesisRequest("design", (SynthesisItem("Hi!", voice_description="calm"),)).sha256
     assert ReferenceText("words").sha256 == hashlib.sha256(b"words").hexdigest()
@@ -387,7 +471,9 @@ def test_requests_and_transcripts_key_the_cache_by_content():
         SynthesisRequest("sing", (SynthesisItem("Hi."),))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one line"):
         SynthesisRequest("clone", ())
-    assert SynthesizeOptions(x_vector_only=True).voice_prompt_options() == VoicePromptOptions(DEFAULT_MODELS["clone"], True)
+    assert SynthesizeOptions(x_vector_only=True).voice_prompt_options() == VoicePromptOptions(
+        DEFAULT_MODELS["clone"], True
+    )
 
 
 def test_models_load_once_from_the_folder_and_a_missing_one_fails_clearly(folder, tmp_path, monkeypatch):
@@ -422,7 +508,9 @@ def test_models_load_once_from_the_folder_and_a_missing_one_fails_clearly(folder
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_path, use_store, tiny_models, monkeypatch):
+def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(
+    tmp_path, use_store, tiny_models, monkeypatch
+):
     from prefect import flow
 
     from voxflow.flows.environment import environment
@@ -442,12 +530,20 @@ def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_
     def synthesize_flow(path: str):
         env = environment(None)
         reference = env.stage(ingest_file)(path, IngestOptions(sample_rate_hz=None), env.settings)
-        voice = env.stage(clone_prompt)(reference, ReferenceText(REFERENCE_TEXT), options.voice_prompt_options(),
-                                        env.settings, models)  # fmt: skip
-        again = env.stage(clone_prompt)(reference, ReferenceText(REFERENCE_TEXT), options.voice_prompt_options(),
-                                        env.settings, models)  # fmt: skip
+        voice = env.stage(clone_prompt)(
+            reference, ReferenceText(REFERENCE_TEXT), options.voice_prompt_options(), env.settings, models
+        )
+        again = env.stage(clone_prompt)(
+            reference, ReferenceText(REFERENCE_TEXT), options.voice_prompt_options(), env.settings, models
+        )
         lines = env.stage(synthesize_lines)(cloned, again, options, env.settings, models)
-        return reference, voice, again, lines, env.stage(synthesize_lines)(designed, None, options, env.settings, models)
+        return (
+            reference,
+            voice,
+            again,
+            lines,
+            env.stage(synthesize_lines)(designed, None, options, env.settings, models),
+        )
 
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     reference, voice, again, lines, design = synthesize_flow(str(REFERENCE))
@@ -456,22 +552,45 @@ def test_the_stages_in_a_flow_compute_the_prompt_once_and_write_24khz_lines(tmp_
     assert sorted(runs[runs["stage"] == "voice_prompt"]["cache_hit"]) == [False, True]
     store = open_store(StoreSettings.from_env())
     stored = VoicePrompt.from_bytes(store.get_bytes(store.key_of(voice.artifact.uri), voice.sha256))
-    np.testing.assert_array_equal(stored.ref_code, voice_prompt(base, *audio.decode_wav_bytes(
-        store.get_bytes(store.key_of(reference.artifact.uri), reference.sha256)), REFERENCE_TEXT).ref_code)  # fmt: skip
-    assert (voice.model, voice.transcript, voice.reference_sha256) == (DEFAULT_MODELS["clone"], REFERENCE_TEXT, reference.source_sha256)
+    np.testing.assert_array_equal(
+        stored.ref_code,
+        voice_prompt(
+            base,
+            *audio.decode_wav_bytes(store.get_bytes(store.key_of(reference.artifact.uri), reference.sha256)),
+            REFERENCE_TEXT,
+        ).ref_code,
+    )
+    assert (voice.model, voice.transcript, voice.reference_sha256) == (
+        DEFAULT_MODELS["clone"],
+        REFERENCE_TEXT,
+        reference.source_sha256,
+    )
 
     assert [line.text for line in lines.lines] == ["First line.", "And a second, longer line."]
     for i, line in enumerate(lines.lines):
         samples, rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(line.artifact.uri), line.artifact.sha256))
         assert rate == SAMPLE_RATE_HZ and samples.shape == (1, round(line.duration_s * rate))
         assert "/synthesize/" in line.artifact.uri and line.artifact.uri.endswith(f"/line-{i:03d}.wav")
-        assert (line.mode, line.model, line.seed, line.attempts, line.issues) == ("clone", DEFAULT_MODELS["clone"], 0, 1,
-                                                                                 ("truncated",))  # fmt: skip
+        assert (line.mode, line.model, line.seed, line.attempts, line.issues) == (
+            "clone",
+            DEFAULT_MODELS["clone"],
+            0,
+            1,
+            ("truncated",),
+        )
         assert line.voice_source_sha256 == reference.source_sha256 and line.model_revision.startswith("local-")
         assert line.real_time_factor == pytest.approx(line.compute_s / line.duration_s)
-    assert lines.summary() == {"lines": 2, "flagged": 2, "duration_s": pytest.approx(sum(x.duration_s for x in lines.lines)),
-                               "model": DEFAULT_MODELS["clone"]}  # fmt: skip
+    assert lines.summary() == {
+        "lines": 2,
+        "flagged": 2,
+        "duration_s": pytest.approx(sum(x.duration_s for x in lines.lines)),
+        "model": DEFAULT_MODELS["clone"],
+    }
     [designed_line] = design.lines
-    assert (designed_line.mode, designed_line.voice_description, designed_line.voice_source_sha256) == ("design", "a warm voice", None)
+    assert (designed_line.mode, designed_line.voice_description, designed_line.voice_source_sha256) == (
+        "design",
+        "a warm voice",
+        None,
+    )
     names = set(catalog.frame("artifacts")["name"])
     assert {"voice_prompt.safetensors", "line-000.wav", "line-001.wav"} <= names

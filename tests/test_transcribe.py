@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import CORPUS
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
@@ -31,7 +32,6 @@ from voxflow.tasks.transcribe import (
     transcribe_speech,
     whisper_audio,
 )
-from tests.conftest import CORPUS
 
 torch.set_num_threads(1)
 
@@ -66,9 +66,19 @@ def _upstream(model, samples: np.ndarray, language: str | None = "en") -> dict:
     """whisper's own long-form transcription with its fallback and skip heuristics off."""
     import whisper
 
-    return whisper.transcribe(model, samples, temperature=0.0, condition_on_previous_text=False, word_timestamps=True,
-                              language=language, compression_ratio_threshold=None, logprob_threshold=None,
-                              no_speech_threshold=None, fp16=False, sample_len=MAX_TOKENS)  # fmt: skip
+    return whisper.transcribe(
+        model,
+        samples,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        language=language,
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        no_speech_threshold=None,
+        fp16=False,
+        sample_len=MAX_TOKENS,
+    )
 
 
 def _assert_same_as_upstream(ours: Transcript, upstream: dict, offset_s: float) -> None:
@@ -78,11 +88,19 @@ def _assert_same_as_upstream(ours: Transcript, upstream: dict, offset_s: float) 
         assert list(mine.tokens) == theirs["tokens"] and mine.text == theirs["text"]
         assert mine.start_s - offset_s == pytest.approx(theirs["start"], abs=TIME_TOL_S)
         assert mine.end_s - offset_s == pytest.approx(theirs["end"], abs=TIME_TOL_S)
-        assert (mine.avg_logprob, mine.no_speech_prob) == pytest.approx((theirs["avg_logprob"], theirs["no_speech_prob"]), rel=PROB_RTOL)
+        assert (mine.avg_logprob, mine.no_speech_prob) == pytest.approx(
+            (theirs["avg_logprob"], theirs["no_speech_prob"]), rel=PROB_RTOL
+        )
         assert [w.word for w in mine.words] == [w["word"] for w in theirs["words"]]
-        np.testing.assert_allclose([w.start_s - offset_s for w in mine.words], [w["start"] for w in theirs["words"]], atol=TIME_TOL_S)
-        np.testing.assert_allclose([w.end_s - offset_s for w in mine.words], [w["end"] for w in theirs["words"]], atol=TIME_TOL_S)
-        np.testing.assert_allclose([w.probability for w in mine.words], [w["probability"] for w in theirs["words"]], rtol=PROB_RTOL)
+        np.testing.assert_allclose(
+            [w.start_s - offset_s for w in mine.words], [w["start"] for w in theirs["words"]], atol=TIME_TOL_S
+        )
+        np.testing.assert_allclose(
+            [w.end_s - offset_s for w in mine.words], [w["end"] for w in theirs["words"]], atol=TIME_TOL_S
+        )
+        np.testing.assert_allclose(
+            [w.probability for w in mine.words], [w["probability"] for w in theirs["words"]], rtol=PROB_RTOL
+        )
 
 
 # ---- equivalence with whisper.transcribe ----------------------------------------------------------
@@ -119,12 +137,16 @@ def test_batch_size_does_not_change_the_transcript(model, sample):
     chunks = merge_spans(detect_speech(sample, load_vad_model(), options), options.chunk_s)[:5]
     assert len(chunks) == 5 and all(c.end - c.start <= 5 * SAMPLE_RATE_HZ for c in chunks)
     progress: list[tuple[int, int]] = []
-    four = decode_chunks(model, sample, chunks, options, batch_size=4, hook=lambda done, total: progress.append((done, total)))
+    four = decode_chunks(
+        model, sample, chunks, options, batch_size=4, hook=lambda done, total: progress.append((done, total))
+    )
     alone = [s for c in chunks for s in decode_chunks(model, sample, [c], options, batch_size=1).segments]
     assert [s.tokens for s in alone] == [s.tokens for s in four.segments]
     for a, b in zip(alone, four.segments):
         assert (a.start_s, a.end_s) == pytest.approx((b.start_s, b.end_s), abs=TIME_TOL_S)
-        np.testing.assert_allclose([(w.start_s, w.end_s) for w in a.words], [(w.start_s, w.end_s) for w in b.words], atol=TIME_TOL_S)
+        np.testing.assert_allclose(
+            [(w.start_s, w.end_s) for w in a.words], [(w.start_s, w.end_s) for w in b.words], atol=TIME_TOL_S
+        )
     assert len({s.tokens for s in four.segments}) > 1  # the random model's output depends on the audio
     total = sum((c.end - c.start) // 160 for c in chunks)
     assert progress[-1] == (total, total) and [d for d, _ in progress] == sorted(d for d, _ in progress)
@@ -132,13 +154,35 @@ def test_batch_size_does_not_change_the_transcript(model, sample):
 
 def _faster_upstream(model, samples: np.ndarray) -> dict:
     """faster-whisper's own ``WhisperModel.transcribe`` with its fallback and skip heuristics off."""
-    segments, info = model.transcribe(samples, language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False,
-                                      word_timestamps=True, without_timestamps=False, vad_filter=False,
-                                      compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None,
-                                      max_new_tokens=MAX_TOKENS)  # fmt: skip
-    return {"language": info.language, "segments": [
-        {"tokens": s.tokens, "text": s.text, "start": s.start, "end": s.end, "avg_logprob": s.avg_logprob,
-         "no_speech_prob": s.no_speech_prob, "words": [w._asdict() for w in s.words]} for s in segments]}  # fmt: skip
+    segments, info = model.transcribe(
+        samples,
+        language="en",
+        beam_size=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        without_timestamps=False,
+        vad_filter=False,
+        compression_ratio_threshold=None,
+        log_prob_threshold=None,
+        no_speech_threshold=None,
+        max_new_tokens=MAX_TOKENS,
+    )
+    return {
+        "language": info.language,
+        "segments": [
+            {
+                "tokens": s.tokens,
+                "text": s.text,
+                "start": s.start,
+                "end": s.end,
+                "avg_logprob": s.avg_logprob,
+                "no_speech_prob": s.no_speech_prob,
+                "words": [w._asdict() for w in s.words],
+            }
+            for s in segments
+        ],
+    }
 
 
 def test_faster_whisper_backend_equals_faster_whispers_own_transcribe_chunk_by_chunk(tiny_models, sample):
@@ -157,8 +201,17 @@ def test_faster_whisper_backend_equals_faster_whispers_own_transcribe_chunk_by_c
     expected = []  # faster-whisper on each chunk alone, its times moved to the chunk's place
     for chunk in chunks:
         for segment in _faster_upstream(model, sample[chunk.start : chunk.end])["segments"]:
-            words = [{**w, "start": chunk.start_s + w["start"], "end": chunk.start_s + w["end"]} for w in segment["words"]]
-            expected.append({**segment, "start": chunk.start_s + segment["start"], "end": chunk.start_s + segment["end"], "words": words})
+            words = [
+                {**w, "start": chunk.start_s + w["start"], "end": chunk.start_s + w["end"]} for w in segment["words"]
+            ]
+            expected.append(
+                {
+                    **segment,
+                    "start": chunk.start_s + segment["start"],
+                    "end": chunk.start_s + segment["end"],
+                    "words": words,
+                }
+            )
     _assert_same_as_upstream(ours, {"segments": expected}, 0.0)
 
 
@@ -208,7 +261,9 @@ def test_a_long_recording_is_chunked_around_its_pauses_and_decoded_chunk_by_chun
     chunks = merge_spans(regions, options.chunk_s)
     assert len(chunks) >= 3 and all(c.end - c.start <= 30 * SAMPLE_RATE_HZ for c in chunks)
     probabilities = speech_probabilities(long, load_vad_model())
-    assert all(probabilities[b // 512] < options.vad_threshold for c in chunks for b in (c.start, c.end) if 0 < b < len(long))
+    assert all(
+        probabilities[b // 512] < options.vad_threshold for c in chunks for b in (c.start, c.end) if 0 < b < len(long)
+    )
     progress: list[tuple[int, int]] = []
     transcript = transcribe_speech(model, load_vad_model(), long, options, hook=lambda *p: progress.append(p))
     assert transcript.segments and progress[-1][0] == progress[-1][1] == sum((c.end - c.start) // 160 for c in chunks)
@@ -225,7 +280,9 @@ def _words(*spans: tuple[float, float]) -> Transcript:
 
 def test_assign_speakers_on_hand_made_turns():
     turns = [Turn(0.0, 2.0, "A"), Turn(1.5, 4.0, "B"), Turn(6.0, 8.0, "A")]
-    labelled = assign_speakers(_words((0.2, 0.8), (1.4, 1.9), (1.8, 2.6), (4.5, 5.0), (5.4, 5.8), (7.0, 7.0), (1.6, 1.6)), turns)
+    labelled = assign_speakers(
+        _words((0.2, 0.8), (1.4, 1.9), (1.8, 2.6), (4.5, 5.0), (5.4, 5.8), (7.0, 7.0), (1.6, 1.6)), turns
+    )
     got = [(w.speaker, w.overlapped) for w in labelled.words]
     assert got == [
         ("A", False),  # inside A only
@@ -279,7 +336,9 @@ def test_assign_speakers_on_the_real_turns_of_a_conversation():
 
 
 def _two_segments() -> Transcript:
-    first = Segment(1.23, 3.5, " Ask not <what>", -0.2, 0.05, (Word(" Ask", 1.23, 1.6, 0.9, "SPEAKER_00"),), "SPEAKER_00")
+    first = Segment(
+        1.23, 3.5, " Ask not <what>", -0.2, 0.05, (Word(" Ask", 1.23, 1.6, 0.9, "SPEAKER_00"),), "SPEAKER_00"
+    )
     second = Segment(3661.0, 3662.25, " & your country.", -0.3, 0.01, (), None)
     return Transcript("en", (first, second))
 
@@ -294,7 +353,10 @@ def test_srt_vtt_json_and_printed_lines():
         "WEBVTT\n\n00:00:01.230 --> 00:00:03.500\n<v SPEAKER_00>Ask not &lt;what&gt;\n\n"
         "01:01:01.000 --> 01:01:02.250\n&amp; your country.\n"
     )
-    assert subtitles.transcript_lines(transcript) == ["[SPEAKER_00 0:01.2] Ask not <what>", "[SPEAKER 1:01:01.0] & your country."]
+    assert subtitles.transcript_lines(transcript) == [
+        "[SPEAKER_00 0:01.2] Ask not <what>",
+        "[SPEAKER 1:01:01.0] & your country.",
+    ]
     back = subtitles.from_json(subtitles.to_json(transcript))
     assert back.language == "en" and [s.text for s in back.segments] == ["Ask not <what>", "& your country."]
     assert back.segments[0].words == transcript.segments[0].words and back.speakers == ("SPEAKER_00",)
@@ -396,7 +458,11 @@ def test_transcribe_task_in_a_flow_writes_artifacts_and_segment_rows(tmp_path, u
     assert {w["speaker"] for ws in segments["words"] for w in ws} <= {"speaker90", "speaker91"}
     assert set(segments["artifact_uri"]) == {result.json.uri}
     artifacts = catalog.frame("artifacts")
-    assert set(artifacts[artifacts["stage"] == "transcribe"]["name"]) == {"transcript.json", "transcript.srt", "transcript.vtt"}
+    assert set(artifacts[artifacts["stage"] == "transcribe"]["name"]) == {
+        "transcript.json",
+        "transcript.srt",
+        "transcript.vtt",
+    }
 
     again = transcribe_flow(str(SAMPLE))  # same audio, turns and options: a cache hit
     assert again == result

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -51,8 +51,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         given["mono"] = False
     options = IngestOptions(**{k: v for k, v in given.items() if v is not None})
     try:
-        report = ingest(paths=args.paths, options=options, parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
-                        storage_block=args.storage_block)  # fmt: skip
+        report = ingest(
+            paths=args.paths,
+            options=options,
+            parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
+            storage_block=args.storage_block,
+        )
     except FilesFailed as e:
         report = e.report
     except FileNotFoundError as e:
@@ -81,12 +85,22 @@ def cmd_ingest_folder(args: argparse.Namespace) -> int:
     if args.dask_workers or args.dask_address:
         from prefect_dask import DaskTaskRunner
 
-        cluster = {"address": args.dask_address} if args.dask_address else {
-            "cluster_kwargs": {"n_workers": args.dask_workers, "threads_per_worker": 1, "processes": True}}
+        cluster = (
+            {"address": args.dask_address}
+            if args.dask_address
+            else {"cluster_kwargs": {"n_workers": args.dask_workers, "threads_per_worker": 1, "processes": True}}
+        )
         flow = ingest_folder.with_options(task_runner=DaskTaskRunner(**cluster))
-    state = flow(source=args.source, pattern=args.pattern, pipeline=args.flow, params=dict(args.param),
-                 parallel_files=args.jobs or DEFAULT_PARALLEL_FILES, storage_block=args.storage_block,
-                 models_block=args.models_block, return_state=True)  # fmt: skip
+    state = flow(
+        source=args.source,
+        pattern=args.pattern,
+        pipeline=args.flow,
+        params=dict(args.param),
+        parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
+        storage_block=args.storage_block,
+        models_block=args.models_block,
+        return_state=True,
+    )
     outcome = state.result(raise_on_failure=False)
     report = getattr(outcome, "report", outcome)
     if not hasattr(report, "outcomes"):  # the run failed before processing files
@@ -101,8 +115,13 @@ def _run_files(flow, args: argparse.Namespace, options, columns: Sequence[str]) 
     from voxflow.flows.pipelines import FilesFailed
 
     try:
-        report = flow(paths=args.paths, options=options, parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
-                      storage_block=args.storage_block, **_models_block(flow, args))  # fmt: skip
+        report = flow(
+            paths=args.paths,
+            options=options,
+            parallel_files=args.jobs or DEFAULT_PARALLEL_FILES,
+            storage_block=args.storage_block,
+            **_models_block(flow, args),
+        )
     except FilesFailed as e:
         report = e.report
     except FileNotFoundError as e:
@@ -124,12 +143,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from voxflow.flows.environment import store_settings
     from voxflow.flows.transcribe import TRANSCRIBE, transcribe
 
-    options = TRANSCRIBE.options(_given(
-        run_separate=args.separate or None, run_denoise=args.denoise or None, run_diarize=False if args.no_diarize else None,
-        diarize=_given(num_speakers=args.num_speakers, min_speakers=args.min_speakers, max_speakers=args.max_speakers),
-        transcribe=_given(model=args.model, language=args.language, backend=args.backend),
-    ))  # fmt: skip
-    code, report = _run_files(transcribe, args, options, ("file", "status", "computed", "language", "speakers", "segments"))
+    options = TRANSCRIBE.options(
+        _given(
+            run_separate=args.separate or None,
+            run_denoise=args.denoise or None,
+            run_diarize=False if args.no_diarize else None,
+            diarize=_given(
+                num_speakers=args.num_speakers, min_speakers=args.min_speakers, max_speakers=args.max_speakers
+            ),
+            transcribe=_given(model=args.model, language=args.language, backend=args.backend),
+        )
+    )
+    code, report = _run_files(
+        transcribe, args, options, ("file", "status", "computed", "language", "speakers", "segments")
+    )
     settings = store_settings(args.storage_block)
     for outcome in getattr(report, "outcomes", []):
         if outcome.status in ("done", "cached"):
@@ -162,28 +189,33 @@ def _speech_options(args: argparse.Namespace):
         run_pre_processing=False if args.no_pre_processing else None,
         run_post_processing=False if args.no_post_processing else None,
         run_upsampling=False if args.no_upsampling else None,
-        output_rate_hz=args.output_rate_hz, consent_note=args.consent_note,
+        output_rate_hz=args.output_rate_hz,
+        consent_note=args.consent_note,
         synthesize=_given(model=args.model, seed=args.seed, batch_size=args.batch_size),
-    )  # fmt: skip
+    )
     return TypeAdapter(SpeechOptions).validate_python(given)
 
 
 def _print_speech(state, args: argparse.Namespace) -> int:
     """The lines table, a warning per flagged line, and the WAVs copied to ``--out``."""
     from voxflow.flows.environment import store_settings
-
     from voxflow.tasks.kit.runs import failed_stage, failure_reason
 
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         print(f"error: {': '.join(p for p in (failed_stage(outcome), failure_reason(outcome)) if p)}", file=sys.stderr)
         return 2 if isinstance(outcome, ValueError) else 1
-    _print_rows([line.row() for line in outcome.lines],
-                ("line", "text", "duration_s", "rate_hz", "seed", "attempts", "quality", "wav"))  # fmt: skip
+    _print_rows(
+        [line.row() for line in outcome.lines],
+        ("line", "text", "duration_s", "rate_hz", "seed", "attempts", "quality", "wav"),
+    )
     print(outcome.summary())
     for line in outcome.flagged:
-        print(f"warning: line {line.index} ({line.text[:40]!r}) failed the quality guard after {line.attempts} "
-              f"attempt(s): {', '.join(line.issues)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: line {line.index} ({line.text[:40]!r}) failed the quality guard after {line.attempts} "
+            f"attempt(s): {', '.join(line.issues)}",
+            file=sys.stderr,
+        )
     if args.out:
         from pathlib import Path
 
@@ -201,9 +233,16 @@ def _print_speech(state, args: argparse.Namespace) -> int:
 def cmd_clone(args: argparse.Namespace) -> int:
     from voxflow.flows.clone_enhanced import clone_enhanced
 
-    state = clone_enhanced(reference=args.reference, lines=args.lines, language=args.language,
-                           transcript=args.transcript, options=_speech_options(args),
-                           storage_block=args.storage_block, models_block=args.models_block, return_state=True)  # fmt: skip
+    state = clone_enhanced(
+        reference=args.reference,
+        lines=args.lines,
+        language=args.language,
+        transcript=args.transcript,
+        options=_speech_options(args),
+        storage_block=args.storage_block,
+        models_block=args.models_block,
+        return_state=True,
+    )
     return _print_speech(state, args)
 
 
@@ -217,8 +256,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         mode, voice = "clone", {"reference": args.clone, "reference_transcript": args.transcript}
     items = [SpeechItem(text=text, **voice) for text in args.texts]
-    state = synthesize(mode=mode, items=items, language=args.language, options=_speech_options(args),
-                       storage_block=args.storage_block, models_block=args.models_block, return_state=True)  # fmt: skip
+    state = synthesize(
+        mode=mode,
+        items=items,
+        language=args.language,
+        options=_speech_options(args),
+        storage_block=args.storage_block,
+        models_block=args.models_block,
+        return_state=True,
+    )
     return _print_speech(state, args)
 
 
@@ -227,8 +273,11 @@ def _add_speech_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pre-processing", action="store_true", help="use the reference as it is (it is still checked)")
     p.add_argument("--no-post-processing", action="store_true", help="do not denoise the generated speech")
     p.add_argument("--no-upsampling", action="store_true", help="plain resampling instead of learned 48 kHz upsampling")
-    p.add_argument("--output-rate-hz", type=int, help="rate of the WAVs (default 48000; 24000 with both --no-... "
-                   "switches writes the model's own output)")  # fmt: skip
+    p.add_argument(
+        "--output-rate-hz",
+        type=int,
+        help="rate of the WAVs (default 48000; 24000 with both --no-... switches writes the model's own output)",
+    )
     p.add_argument("--model", help="Qwen3-TTS model: a Hugging Face id or a folder name under <model dir>/qwen-tts")
     p.add_argument("--seed", type=int, help="sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, help="lines per model call (default 8)")
@@ -250,8 +299,12 @@ def _model_settings(args: argparse.Namespace):
 
 
 def _model_sources():
-    import voxflow.tasks.denoise, voxflow.tasks.diarize, voxflow.tasks.separate, voxflow.tasks.transcribe  # noqa: F401,E401  (they register them)
-    import voxflow.tasks.synthesize, voxflow.tasks.upsample  # noqa: F401,E401
+    import voxflow.tasks.denoise  # noqa: F401  (each registers its model source)
+    import voxflow.tasks.diarize  # noqa: F401
+    import voxflow.tasks.separate  # noqa: F401
+    import voxflow.tasks.synthesize  # noqa: F401
+    import voxflow.tasks.transcribe  # noqa: F401
+    import voxflow.tasks.upsample  # noqa: F401
     from voxflow.tasks.kit.models import MODEL_SOURCES
 
     return MODEL_SOURCES
@@ -262,9 +315,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     rows = []
     for source in _model_sources().values():
         path = source.present(source.name, settings) if settings.model_dir else None
-        rows.append({"stage": source.stage, "library": source.library, "model": source.name,
-                     "present": str(path) if path else "no (hub download on first use)",
-                     "gated": "yes (needs HF_TOKEN)" if source.gated else ""})  # fmt: skip
+        rows.append(
+            {
+                "stage": source.stage,
+                "library": source.library,
+                "model": source.name,
+                "present": str(path) if path else "no (hub download on first use)",
+                "gated": "yes (needs HF_TOKEN)" if source.gated else "",
+            }
+        )
     _print_rows(rows, ("stage", "library", "model", "present", "gated"))
     print(f"model folder: {settings.model_dir or '(none: set VOXFLOW_MODEL_DIR or --model-dir)'}")
     return 0
@@ -290,9 +349,11 @@ def cmd_models_build_random(args: argparse.Namespace) -> int:
     files = random_models.build_all(args.dir, args.size, tuple(args.library or random_models.LIBRARIES))
     for path in files:
         print(path)
-    print(f"wrote {len(files)} file(s) of {args.size} random-weight models into {args.dir}.\n"
-          "Their output is noise: use them to check that every flow runs offline "
-          f"(VOXFLOW_MODEL_DIR={args.dir}), never for results.")  # fmt: skip
+    print(
+        f"wrote {len(files)} file(s) of {args.size} random-weight models into {args.dir}.\n"
+        "Their output is noise: use them to check that every flow runs offline "
+        f"(VOXFLOW_MODEL_DIR={args.dir}), never for results."
+    )
     return 0
 
 
@@ -375,10 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("ingest-folder", help="run a flow on every file of a folder or bucket not yet processed")
     p.add_argument("source", help="local folder or s3://bucket/prefix")
     p.add_argument("--pattern", default="*", help="fnmatch pattern on paths below the source (default *)")
-    p.add_argument("--flow", default="ingest", choices=("ingest", "transcribe", "separate", "lipsync_features"),
-                   help="the flow to run on each new file (default ingest)")  # fmt: skip
-    p.add_argument("--param", action="append", type=_param, default=[], metavar="NAME=VALUE",
-                   help="an option of that flow, e.g. --param sample_rate_hz=22050 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--flow",
+        default="ingest",
+        choices=("ingest", "transcribe", "separate", "lipsync_features"),
+        help="the flow to run on each new file (default ingest)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option of that flow, e.g. --param sample_rate_hz=22050 (repeatable)",
+    )
     p.add_argument("--jobs", type=int, help="files processed in parallel (default min(4, CPUs))")
     p.add_argument("--dask-workers", type=int, help="run the stages on a local Dask cluster of N processes")
     p.add_argument("--dask-address", help="run the stages on an existing Dask scheduler (tcp://host:8786)")
@@ -386,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-block", help="name of a saved voxflow-models Block (default: VOXFLOW_MODEL_DIR, HF_TOKEN)")
     p.set_defaults(func=cmd_ingest_folder)
 
-    p = commands.add_parser("transcribe", help="speaker-labelled transcripts: ingest, [separate], [denoise], diarize, transcribe")
+    p = commands.add_parser(
+        "transcribe", help="speaker-labelled transcripts: ingest, [separate], [denoise], diarize, transcribe"
+    )
     p.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
     p.add_argument("--separate", action="store_true", help="isolate the voices from music and effects first")
     p.add_argument("--denoise", action="store_true", help="remove background noise first")
@@ -439,8 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", help="only this stage's model (repeatable)")
     _add_model_options(p)
     p.set_defaults(func=cmd_models_pull)
-    p = model_commands.add_parser("build-random", help="write random-weight models of the real architectures "
-                                  "(output is noise: a plumbing check)")  # fmt: skip
+    p = model_commands.add_parser(
+        "build-random", help="write random-weight models of the real architectures (output is noise: a plumbing check)"
+    )
     p.add_argument("dir", help="the model folder to write")
     p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny (tests) or the real sizes")
     p.add_argument("--library", action="append", help="only this library (repeatable)")
@@ -467,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_blocks_save_storage)
 
     p = commands.add_parser("serve", help="serve every flow as a deployment on this machine (flow.serve)")
-    p.add_argument("--inbox", help="folder or s3:// prefix the scheduled ingest-folder watches "
-                   "(default $VOXFLOW_INBOX or ./inbox)")  # fmt: skip
+    p.add_argument(
+        "--inbox", help="folder or s3:// prefix the scheduled ingest-folder watches (default $VOXFLOW_INBOX or ./inbox)"
+    )
     schedule = p.add_mutually_exclusive_group()
     schedule.add_argument("--cron", help="ingest-folder cron schedule (default every 10 minutes)")
     schedule.add_argument("--interval", type=float, metavar="SECONDS", help="run ingest-folder every N seconds instead")

@@ -89,10 +89,21 @@ def _decode_ffmpeg(path: Path, name: str) -> DecodedAudio:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise AudioDecodeError(name, "this format needs ffmpeg, which is not installed (apt-get install ffmpeg)")
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=sample_rate,channels,codec_name:format=format_name", "-of", "json", str(path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels,codec_name:format=format_name",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     info = json.loads(probe.stdout or "{}")
     if probe.returncode != 0 or not info.get("streams"):
         reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream found"
@@ -100,9 +111,23 @@ def _decode_ffmpeg(path: Path, name: str) -> DecodedAudio:
     stream = info["streams"][0]
     channels, rate = int(stream["channels"]), int(stream["sample_rate"])
     decoded = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:a:0",
+            "-f",
+            "f32le",
+            "-acodec",
+            "pcm_f32le",
+            "-",
+        ],
         capture_output=True,
-    )  # fmt: skip
+    )
     if decoded.returncode != 0:
         raise AudioDecodeError(name, decoded.stderr.decode(errors="replace").strip().splitlines()[-1])
     samples = np.frombuffer(decoded.stdout, dtype="<f4").reshape(-1, channels).T
@@ -152,14 +177,22 @@ RIFF_MAX_BYTES = (1 << 32) - 1
 def _float_wav(samples: np.ndarray, sample_rate_hz: int) -> bytes:
     channels, frames = samples.shape
     data = np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
-    fmt = struct.pack("<HHIIHHH", WAVE_FORMAT_IEEE_FLOAT, channels, sample_rate_hz, sample_rate_hz * channels * 4,
-                      channels * 4, 32, 0)  # fmt: skip
-    body = b"".join([
-        b"WAVE",
-        b"fmt ", struct.pack("<I", len(fmt)), fmt,
-        b"fact", struct.pack("<II", 4, frames),
-        b"data", struct.pack("<I", len(data)), data,
-    ])  # fmt: skip
+    fmt = struct.pack(
+        "<HHIIHHH", WAVE_FORMAT_IEEE_FLOAT, channels, sample_rate_hz, sample_rate_hz * channels * 4, channels * 4, 32, 0
+    )
+    body = b"".join(
+        [
+            b"WAVE",
+            b"fmt ",
+            struct.pack("<I", len(fmt)),
+            fmt,
+            b"fact",
+            struct.pack("<II", 4, frames),
+            b"data",
+            struct.pack("<I", len(data)),
+            data,
+        ]
+    )
     if len(body) > RIFF_MAX_BYTES:
         raise ValueError(f"{frames} frames x {channels} channels do not fit a WAV file (4 GiB)")
     return b"RIFF" + struct.pack("<I", len(body)) + body

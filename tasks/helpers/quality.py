@@ -52,11 +52,15 @@ class QualityThresholds:
         if self.min_duration_s < 0 or self.frame_s <= 0 or self.end_window_s <= 0:
             raise ValueError("min_duration_s must be >= 0 and frame_s, end_window_s > 0 seconds")
         if not 0 < self.clip_level <= 1 or not 0 <= self.clipped_fraction < 1:
-            raise ValueError(f"clip_level must be in (0, 1] and clipped_fraction in [0, 1), got {self.clip_level}, "
-                             f"{self.clipped_fraction}")  # fmt: skip
+            raise ValueError(
+                f"clip_level must be in (0, 1] and clipped_fraction in [0, 1), got {self.clip_level}, "
+                f"{self.clipped_fraction}"
+            )
         if not 0 <= self.min_duration_ratio < 1 or not 0 < self.loud_percentile <= 100:
-            raise ValueError(f"min_duration_ratio must be in [0, 1) and loud_percentile in (0, 100], got "
-                             f"{self.min_duration_ratio}, {self.loud_percentile}")  # fmt: skip
+            raise ValueError(
+                f"min_duration_ratio must be in [0, 1) and loud_percentile in (0, 100], got "
+                f"{self.min_duration_ratio}, {self.loud_percentile}"
+            )
         if self.end_level_ratio is not None and self.end_level_ratio <= 0:
             raise ValueError(f"end_level_ratio must be positive or None, got {self.end_level_ratio}")
 
@@ -83,7 +87,9 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
-def ends_at_full_level(samples: np.ndarray, sample_rate_hz: int, thresholds: QualityThresholds = QualityThresholds()) -> bool:
+def ends_at_full_level(
+    samples: np.ndarray, sample_rate_hz: int, thresholds: QualityThresholds = QualityThresholds()
+) -> bool:
     """Whether the last ``end_window_s`` are as loud as the loud frames of the line (no fade-out)."""
     if thresholds.end_level_ratio is None:
         return False
@@ -97,8 +103,15 @@ def ends_at_full_level(samples: np.ndarray, sample_rate_hz: int, thresholds: Qua
     return loud > 0 and tail >= thresholds.end_level_ratio * loud
 
 
-def check_speech(samples: np.ndarray, sample_rate_hz: int, text: str, expected_s: float | None = None, *,
-                 hit_token_limit: bool = False, thresholds: QualityThresholds = QualityThresholds()) -> tuple[str, ...]:  # fmt: skip
+def check_speech(
+    samples: np.ndarray,
+    sample_rate_hz: int,
+    text: str,
+    expected_s: float | None = None,
+    *,
+    hit_token_limit: bool = False,
+    thresholds: QualityThresholds = QualityThresholds(),
+) -> tuple[str, ...]:
     """The issues of one synthesized mono line (``samples``, float, 1-D) meant to say ``text``.
 
     ``expected_s`` overrides the duration estimated from the text; ``hit_token_limit`` says the model
@@ -120,8 +133,10 @@ def check_speech(samples: np.ndarray, sample_rate_hz: int, text: str, expected_s
     if not finite or np.mean(np.abs(samples) >= thresholds.clip_level) > thresholds.clipped_fraction:
         issues.append(CLIPPED)
     expected = expected_duration_s(text) if expected_s is None else expected_s
-    if hit_token_limit or duration_s < thresholds.min_duration_ratio * expected or (
-        finite and ends_at_full_level(samples, sample_rate_hz, thresholds)
+    if (
+        hit_token_limit
+        or duration_s < thresholds.min_duration_ratio * expected
+        or (finite and ends_at_full_level(samples, sample_rate_hz, thresholds))
     ):
         issues.append(TRUNCATED)
     return tuple(issues)

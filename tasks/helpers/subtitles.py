@@ -7,8 +7,8 @@ No model and no torch here: the command line reads a stored ``transcript.json`` 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Iterable
 
 JSON_VERSION = 1
 NO_SPEAKER = "SPEAKER"  # label of a line when no diarization was given
@@ -57,13 +57,19 @@ class Transcript:
         found = {s.speaker for s in self.segments} | {w.speaker for w in self.words}
         return tuple(sorted(s for s in found if s is not None))
 
-    def with_segments(self, segments: Iterable[Segment]) -> "Transcript":
+    def with_segments(self, segments: Iterable[Segment]) -> Transcript:
         return replace(self, segments=tuple(segments))
 
 
 def _word_dict(word: Word) -> dict:
-    return {"word": word.word, "start": round(word.start_s, 3), "end": round(word.end_s, 3),
-            "probability": round(word.probability, 4), "speaker": word.speaker, "overlapped": word.overlapped}  # fmt: skip
+    return {
+        "word": word.word,
+        "start": round(word.start_s, 3),
+        "end": round(word.end_s, 3),
+        "probability": round(word.probability, 4),
+        "speaker": word.speaker,
+        "overlapped": word.overlapped,
+    }
 
 
 def to_json(transcript: Transcript) -> bytes:
@@ -72,9 +78,15 @@ def to_json(transcript: Transcript) -> bytes:
         "version": JSON_VERSION,
         "language": transcript.language,
         "segments": [
-            {"speaker": s.speaker, "start": round(s.start_s, 3), "end": round(s.end_s, 3), "text": s.text.strip(),
-             "avg_logprob": round(s.avg_logprob, 4), "no_speech_prob": round(s.no_speech_prob, 4),
-             "words": [_word_dict(w) for w in s.words]}  # fmt: skip
+            {
+                "speaker": s.speaker,
+                "start": round(s.start_s, 3),
+                "end": round(s.end_s, 3),
+                "text": s.text.strip(),
+                "avg_logprob": round(s.avg_logprob, 4),
+                "no_speech_prob": round(s.no_speech_prob, 4),
+                "words": [_word_dict(w) for w in s.words],
+            }
             for s in transcript.segments
         ],
     }
@@ -87,9 +99,18 @@ def from_json(data: bytes) -> Transcript:
     if body.get("version") != JSON_VERSION:
         raise ValueError(f"transcript JSON version {body.get('version')!r} is not {JSON_VERSION}")
     segments = tuple(
-        Segment(s["start"], s["end"], s["text"], s["avg_logprob"], s["no_speech_prob"],
-                tuple(Word(w["word"], w["start"], w["end"], w["probability"], w["speaker"], w["overlapped"])
-                      for w in s["words"]), s["speaker"])  # fmt: skip
+        Segment(
+            s["start"],
+            s["end"],
+            s["text"],
+            s["avg_logprob"],
+            s["no_speech_prob"],
+            tuple(
+                Word(w["word"], w["start"], w["end"], w["probability"], w["speaker"], w["overlapped"])
+                for w in s["words"]
+            ),
+            s["speaker"],
+        )
         for s in body["segments"]
     )
     return Transcript(body["language"], segments)

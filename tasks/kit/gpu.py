@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from voxflow.storage.settings import voxflow_home
 

@@ -51,8 +51,9 @@ class FileLockManager:
             return None
         return fd
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:  # fmt: skip
+    def acquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
         while True:
             with self._mutex:
@@ -67,8 +68,9 @@ class FileLockManager:
                 return False
             time.sleep(POLL_S)
 
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                            hold_timeout: float | None = None) -> bool:  # fmt: skip
+    async def aacquire_lock(
+        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
+    ) -> bool:
         import anyio
 
         return await anyio.to_thread.run_sync(lambda: self.acquire_lock(key, holder, acquire_timeout))

@@ -28,9 +28,10 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
@@ -55,7 +56,7 @@ class ModelSettings:
     hf_token: SecretStr | None = field(default=None, compare=False)  # for gated models; never logged
 
     @classmethod
-    def from_env(cls) -> "ModelSettings":
+    def from_env(cls) -> ModelSettings:
         """``VOXFLOW_MODEL_DIR``, ``VOXFLOW_DEVICE`` and ``HF_TOKEN`` from the environment."""
         token = os.environ.get("HF_TOKEN")
         device = os.environ.get("VOXFLOW_DEVICE", "auto")
@@ -110,14 +111,22 @@ def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
         yield
     except Exception as e:
         kind = type(e).__name__
-        unauthorized = kind in ("HfHubHTTPError", "RepositoryNotFoundError") and any(c in str(e) for c in ("401", "403"))
+        unauthorized = kind in ("HfHubHTTPError", "RepositoryNotFoundError") and any(
+            c in str(e) for c in ("401", "403")
+        )
         if kind == "GatedRepoError" or unauthorized:
             where = f" accept its conditions at {gated_url} and" if gated_url else ""
             raise GatedModelError(
                 f"model {name!r} is gated on Hugging Face:{where} set HF_TOKEN or the voxflow-models Block's hf_token"
             ) from None
-        if kind in ("RepositoryNotFoundError", "LocalEntryNotFoundError", "EntryNotFoundError", "HFValidationError",
-                    "RevisionNotFoundError", "OfflineModeIsEnabled"):  # fmt: skip
+        if kind in (
+            "RepositoryNotFoundError",
+            "LocalEntryNotFoundError",
+            "EntryNotFoundError",
+            "HFValidationError",
+            "RevisionNotFoundError",
+            "OfflineModeIsEnabled",
+        ):
             raise ModelNotFound(
                 f"model {name!r} is not in the model folder and could not be downloaded ({kind}); "
                 f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}"

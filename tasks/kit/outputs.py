@@ -20,9 +20,14 @@ from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.runs import StageRun, current_run
 
 MEDIA_TYPES = {
-    "wav": "audio/wav", "rttm": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt",
-    "json": "application/json", "npy": "application/x-npy", "parquet": "application/vnd.apache.parquet",
-}  # fmt: skip
+    "wav": "audio/wav",
+    "rttm": "text/plain",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt",
+    "json": "application/json",
+    "npy": "application/x-npy",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 def audio_input(value: Any) -> ArtifactRef:
@@ -49,34 +54,58 @@ def read_bytes(ref: ArtifactRef, settings: StoreSettings) -> bytes:
     return store.get_bytes(key, ref.sha256)
 
 
-def write_artifact(settings: StoreSettings, name: str, data: bytes, *, run: StageRun | None = None,
-                   sample_rate_hz: int | None = None, channels: int | None = None,
-                   frames: int | None = None) -> ArtifactRef:  # fmt: skip
+def write_artifact(
+    settings: StoreSettings,
+    name: str,
+    data: bytes,
+    *,
+    run: StageRun | None = None,
+    sample_rate_hz: int | None = None,
+    channels: int | None = None,
+    frames: int | None = None,
+) -> ArtifactRef:
     """Store one output of the current stage run and append its ``artifacts`` row."""
     run = run or current_run()
     store = shared_store(settings)
     key = artifact_key(run.input_sha256 or "", run.stage, run.params_hash, name)
     info = store.put_bytes(key, data)
     ref = ArtifactRef(info.uri, info.sha256, info.size_bytes, sample_rate_hz, channels, frames)
-    Catalog(store).append("artifacts", [{
-        "uri": ref.uri, "key": key, "sha256": ref.sha256, "size_bytes": ref.size_bytes,
-        "input_sha256": run.input_sha256, "stage": run.stage, "params_hash": run.params_hash, "name": name,
-        "media_type": MEDIA_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream"),
-        "sample_rate_hz": sample_rate_hz, "channels": channels, "frames": frames, "duration_s": ref.duration_s,
-        "flow_run_id": run.flow_run_id, "task_run_id": run.task_run_id,
-    }])  # fmt: skip
+    Catalog(store).append(
+        "artifacts",
+        [
+            {
+                "uri": ref.uri,
+                "key": key,
+                "sha256": ref.sha256,
+                "size_bytes": ref.size_bytes,
+                "input_sha256": run.input_sha256,
+                "stage": run.stage,
+                "params_hash": run.params_hash,
+                "name": name,
+                "media_type": MEDIA_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream"),
+                "sample_rate_hz": sample_rate_hz,
+                "channels": channels,
+                "frames": frames,
+                "duration_s": ref.duration_s,
+                "flow_run_id": run.flow_run_id,
+                "task_run_id": run.task_run_id,
+            }
+        ],
+    )
     return ref
 
 
-def write_audio(settings: StoreSettings, name: str, samples: np.ndarray, sample_rate_hz: int, *,
-                run: StageRun | None = None) -> ArtifactRef:  # fmt: skip
+def write_audio(
+    settings: StoreSettings, name: str, samples: np.ndarray, sample_rate_hz: int, *, run: StageRun | None = None
+) -> ArtifactRef:
     """Store ``(channels, samples)`` audio as a float WAV output of the current stage run."""
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 1:
         samples = samples[None]
     data = audio.encode_wav(samples, sample_rate_hz)
-    return write_artifact(settings, name, data, run=run, sample_rate_hz=sample_rate_hz,
-                          channels=samples.shape[0], frames=samples.shape[1])  # fmt: skip
+    return write_artifact(
+        settings, name, data, run=run, sample_rate_hz=sample_rate_hz, channels=samples.shape[0], frames=samples.shape[1]
+    )
 
 
 def source_sha256_of(value: Any) -> str:

@@ -16,9 +16,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterator, TypeVar
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.errors import TransientStorageError
@@ -122,8 +123,10 @@ def failure_reason(error: BaseException) -> str:
         return f"{said} (a storage or network failure that outlasted the retries; the next run tries again)"
     if origin is None:
         return said
-    return (f"unexpected {type(error).__name__} inside {origin} (a bug to report; the task run's log or "
-            f"'voxflow -v' shows the traceback): {said}")  # fmt: skip
+    return (
+        f"unexpected {type(error).__name__} inside {origin} (a bug to report; the task run's log or "
+        f"'voxflow -v' shows the traceback): {said}"
+    )
 
 
 def _imported_torch():
@@ -203,8 +206,16 @@ def current_run() -> StageRun:
     return run
 
 
-def stage_run_row(run: StageRun, *, status: str, started: datetime, ended: datetime, duration_s: float,
-                  peak_cuda_bytes: int | None = None, error: BaseException | None = None) -> dict:  # fmt: skip
+def stage_run_row(
+    run: StageRun,
+    *,
+    status: str,
+    started: datetime,
+    ended: datetime,
+    duration_s: float,
+    peak_cuda_bytes: int | None = None,
+    error: BaseException | None = None,
+) -> dict:
     """The ``stage_runs`` row of one attempt (or cache hit) of a stage."""
     return {
         "flow_run_id": run.flow_run_id,
@@ -235,7 +246,7 @@ def record_stage_run(catalog: Catalog, run: StageRun) -> Iterator[StageRun]:
     run.flow_run_id = run.flow_run_id or flow_id
     run.task_run_id = task_id or run.task_run_id
     run.attempt = attempt
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
+    started, clock = datetime.now(UTC), time.perf_counter()
     measuring_cuda = _cuda_peak_start()
     token = CURRENT_RUN.set(run)
     error: BaseException | None = None
@@ -248,9 +259,14 @@ def record_stage_run(catalog: Catalog, run: StageRun) -> Iterator[StageRun]:
         CURRENT_RUN.reset(token)
         peak_cuda = _cuda_peak_bytes() if measuring_cuda or run.device.startswith("cuda") else None
         row = stage_run_row(
-            run, status="failed" if error else "completed", started=started, ended=datetime.now(timezone.utc),
-            duration_s=time.perf_counter() - clock, peak_cuda_bytes=peak_cuda, error=error,
-        )  # fmt: skip
+            run,
+            status="failed" if error else "completed",
+            started=started,
+            ended=datetime.now(UTC),
+            duration_s=time.perf_counter() - clock,
+            peak_cuda_bytes=peak_cuda,
+            error=error,
+        )
         catalog.append("stage_runs", [row])
 
 

@@ -24,9 +24,10 @@ import functools
 import hashlib
 import inspect
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import CachePolicy
@@ -147,8 +148,9 @@ class StageCachePolicy(CachePolicy):
     spec: StageSpec | None = None
     input_names: tuple[str, ...] = ()
 
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:  # fmt: skip
+    def compute_key(
+        self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         assert self.spec is not None
         identity = identify(self.spec, inputs, self.input_names)
         if drop_stale_record(shared_store(inputs["settings"]), identity.cache_key) and task_ctx is not None:
@@ -164,10 +166,17 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
         # the parameters as submitted: upstream results may still be (finished) futures
         parameters = {k: v.result() if isinstance(v, PrefectFuture) else v for k, v in context.parameters.items()}
         identity = identify(spec, parameters, input_names)
-        run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key, cache_hit=True,
-                       flow_run_id=str(task_run.flow_run_id) if task_run.flow_run_id else None,
-                       task_run_id=str(task_run.id), attempt=max(task_run.run_count, 1))  # fmt: skip
-        now = datetime.now(timezone.utc)
+        run = StageRun(
+            spec.name,
+            identity.input_sha256,
+            identity.params_hash,
+            identity.cache_key,
+            cache_hit=True,
+            flow_run_id=str(task_run.flow_run_id) if task_run.flow_run_id else None,
+            task_run_id=str(task_run.id),
+            attempt=max(task_run.run_count, 1),
+        )
+        now = datetime.now(UTC)
         catalog = Catalog(shared_store(parameters["settings"]))
         catalog.append("stage_runs", [stage_run_row(run, status="completed", started=now, ended=now, duration_s=0.0)])
         if spec.on_cache_hit is not None:

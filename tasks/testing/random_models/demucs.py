@@ -22,8 +22,19 @@ from voxflow.tasks.separate import DEFAULT_MODEL, LIBRARY, save_package
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 # Constructor arguments of the released htdemucs that differ from HTDemucs' defaults.
-FULL = {"channels": 48, "depth": 4, "nfft": 4096, "dconv_mode": 3, "bottom_channels": 512, "t_layers": 5,
-        "t_heads": 8, "t_dropout": 0.02, "t_sparse_attn_window": 400, "multi_freqs": [], "segment": Fraction(39, 5)}  # fmt: skip
+FULL = {
+    "channels": 48,
+    "depth": 4,
+    "nfft": 4096,
+    "dconv_mode": 3,
+    "bottom_channels": 512,
+    "t_layers": 5,
+    "t_heads": 8,
+    "t_dropout": 0.02,
+    "t_sparse_attn_window": 400,
+    "multi_freqs": [],
+    "segment": Fraction(39, 5),
+}
 TINY = {**FULL, "channels": 8, "bottom_channels": 0, "t_layers": 1, "t_heads": 2, "segment": Fraction(39, 20)}
 SIZES = {"tiny": TINY, "full": FULL}
 

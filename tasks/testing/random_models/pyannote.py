@@ -81,11 +81,13 @@ class Sizes:
 
 
 SIZES = {
-    "tiny": Sizes(lstm_hidden=16, lstm_layers=1, lstm_dropout=0.0, linear_hidden=16, mel_bins=8, plda_dim=16,
-                  shared_pool=600_000),
-    "full": Sizes(lstm_hidden=128, lstm_layers=4, lstm_dropout=0.5, linear_hidden=128, mel_bins=80, plda_dim=128,
-                  shared_pool=None),
-}  # fmt: skip
+    "tiny": Sizes(
+        lstm_hidden=16, lstm_layers=1, lstm_dropout=0.0, linear_hidden=16, mel_bins=8, plda_dim=16, shared_pool=600_000
+    ),
+    "full": Sizes(
+        lstm_hidden=128, lstm_layers=4, lstm_dropout=0.5, linear_hidden=128, mel_bins=80, plda_dim=128, shared_pool=None
+    ),
+}
 
 
 def build(model_dir: Path, size: str, seed: int) -> list[Path]:
@@ -103,8 +105,9 @@ def build(model_dir: Path, size: str, seed: int) -> list[Path]:
 
     files = [
         _save_checkpoint(segmentation, folder / "segmentation" / "pytorch_model.bin"),
-        _save_checkpoint(embedding, folder / "embedding" / "pytorch_model.bin", shared_pool=sizes.shared_pool,
-                         seed=seed),  # fmt: skip
+        _save_checkpoint(
+            embedding, folder / "embedding" / "pytorch_model.bin", shared_pool=sizes.shared_pool, seed=seed
+        ),
         _save_npz(folder / "plda" / "xvec_transform.npz", transform),
         _save_npz(folder / "plda" / "plda.npz", plda),
     ]
@@ -120,10 +123,15 @@ def segmentation_model(sizes: Sizes):
 
     model = PyanNet(
         sincnet={"stride": 10},
-        lstm={"hidden_size": sizes.lstm_hidden, "num_layers": sizes.lstm_layers, "bidirectional": True,
-              "monolithic": True, "dropout": sizes.lstm_dropout},
+        lstm={
+            "hidden_size": sizes.lstm_hidden,
+            "num_layers": sizes.lstm_layers,
+            "bidirectional": True,
+            "monolithic": True,
+            "dropout": sizes.lstm_dropout,
+        },
         linear={"hidden_size": sizes.linear_hidden, "num_layers": 2},
-    )  # fmt: skip
+    )
     model.specifications = Specifications(
         problem=Problem.MONO_LABEL_CLASSIFICATION,
         resolution=Resolution.FRAME,
@@ -151,7 +159,9 @@ def calibration_waveform(seed: int) -> np.ndarray:
             on[int(start * SAMPLE_RATE_HZ) : int((start + length) * SAMPLE_RATE_HZ)] = 1.0
             start += length + rng.uniform(0.2, 2.5)
         syllables = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 2 * np.pi)) ** 2
-        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.08 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))) / SAMPLE_RATE_HZ
+        phase = (
+            2 * np.pi * np.cumsum(f0 * (1 + 0.08 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))) / SAMPLE_RATE_HZ
+        )
         voice = sum(np.sin(k * phase) / k for k in range(1, int(4000 // f0)))
         mix += 0.1 * on * syllables * voice
     return mix[None].astype(np.float32)
@@ -208,7 +218,9 @@ def _pooled_state_dict(model, pool_size: int, seed: int) -> dict:
         owner, _, leaf = key.rpartition(".")
         if owner in batch_norms:
             fill = {"weight": 1.0, "running_var": 1.0}.get(leaf, 0.0)
-            state[key] = torch.full_like(value, fill, dtype=value.dtype if leaf == "num_batches_tracked" else torch.half)
+            state[key] = torch.full_like(
+                value, fill, dtype=value.dtype if leaf == "num_batches_tracked" else torch.half
+            )
             continue
         if value.numel() > pool_size:
             raise ValueError(f"{key} has {value.numel()} values, more than the shared pool of {pool_size}")

@@ -60,23 +60,53 @@ TEXT_VOCAB_MULTIPLE = 64  # the text embedding is padded to a multiple of this
 # The codec's special ids, languages and speakers as the released 12 Hz configs number them (as public
 # ports of those configs list them; the tiny and full builds use the same ids).
 CODEC_IDS = {
-    "codec_pad_id": 2148, "codec_bos_id": 2149, "codec_eos_token_id": 2150, "codec_think_id": 2154,
-    "codec_nothink_id": 2155, "codec_think_bos_id": 2156, "codec_think_eos_id": 2157,
-}  # fmt: skip
+    "codec_pad_id": 2148,
+    "codec_bos_id": 2149,
+    "codec_eos_token_id": 2150,
+    "codec_think_id": 2154,
+    "codec_nothink_id": 2155,
+    "codec_think_bos_id": 2156,
+    "codec_think_eos_id": 2157,
+}
 LANGUAGE_IDS = {
-    "english": 2050, "german": 2053, "spanish": 2054, "chinese": 2055, "japanese": 2058, "french": 2061,
-    "sichuan_dialect": 2062, "korean": 2064, "russian": 2069, "italian": 2070, "portuguese": 2071,
+    "english": 2050,
+    "german": 2053,
+    "spanish": 2054,
+    "chinese": 2055,
+    "japanese": 2058,
+    "french": 2061,
+    "sichuan_dialect": 2062,
+    "korean": 2064,
+    "russian": 2069,
+    "italian": 2070,
+    "portuguese": 2071,
     "beijing_dialect": 2074,
-}  # fmt: skip
+}
 SPEAKER_IDS = {
-    "aiden": 2861, "sohee": 2864, "ono_anna": 2873, "eric": 2875, "dylan": 2878, "uncle_fu": 3010,
-    "ryan": 3061, "vivian": 3065, "serena": 3066,
-}  # fmt: skip
+    "aiden": 2861,
+    "sohee": 2864,
+    "ono_anna": 2873,
+    "eric": 2875,
+    "dylan": 2878,
+    "uncle_fu": 3010,
+    "ryan": 3061,
+    "vivian": 3065,
+    "serena": 3066,
+}
 SPEAKER_DIALECTS = {"eric": "sichuan_dialect", "dylan": "beijing_dialect"}  # the others: False
-SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>")
+SPECIAL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tts_pad>",
+    "<tts_text_bos>",
+    "<tts_text_eod>",
+    "<tts_text_bos_single>",
+)
 # The Qwen2 pre-tokenizer split (what transformers' Qwen2Converter writes into tokenizer.json).
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-               r"|\s+(?!\S)|\s+")  # fmt: skip
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 CHAT_ROLES = ("assistant", "user")  # must be single tokens: the model slices "<|im_start|>assistant\n" as 3 tokens
 CHAT_ROLE_REPEATS = 64  # weight of the role words in the BPE corpus, so each merges into one token
 BPE_CORPUS = """
@@ -90,35 +120,107 @@ Please speak slowly and clearly. This sentence is short! Is that a question? Yes
 
 # Sizes per model kind. tiny: the probe's fixture sizes; full: the released 0.6B / 1.7B models.
 TINY = {
-    "talker": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                   head_dim=16, text_hidden_size=32, rope_theta=10_000, max_position_embeddings=32_768,
-                   rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "interleaved": True}),
-    "code_predictor": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           num_key_value_heads=1, head_dim=16, rope_theta=10_000, max_position_embeddings=65_536),
-    "speaker_encoder": dict(enc_channels=[32, 32, 32, 32, 96], enc_attention_channels=16, enc_res2net_scale=4,
-                            enc_se_channels=16),
-    "encoder": dict(hidden_size=32, num_filters=4, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                    head_dim=16, intermediate_size=64, codebook_dim=16, vector_quantization_hidden_dimension=16,
-                    num_quantizers=NUM_CODE_GROUPS, upsample_groups=32),
-    "decoder": dict(codebook_dim=16, latent_dim=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=2, head_dim=16, decoder_dim=32),
-}  # fmt: skip
-FULL_TALKER = dict(num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                   text_hidden_size=2048, rope_theta=1_000_000, max_position_embeddings=32_768,
-                   rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "interleaved": True})  # fmt: skip
+    "talker": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        text_hidden_size=32,
+        rope_theta=10_000,
+        max_position_embeddings=32_768,
+        rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "interleaved": True},
+    ),
+    "code_predictor": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        rope_theta=10_000,
+        max_position_embeddings=65_536,
+    ),
+    "speaker_encoder": dict(
+        enc_channels=[32, 32, 32, 32, 96], enc_attention_channels=16, enc_res2net_scale=4, enc_se_channels=16
+    ),
+    "encoder": dict(
+        hidden_size=32,
+        num_filters=4,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=64,
+        codebook_dim=16,
+        vector_quantization_hidden_dimension=16,
+        num_quantizers=NUM_CODE_GROUPS,
+        upsample_groups=32,
+    ),
+    "decoder": dict(
+        codebook_dim=16,
+        latent_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        decoder_dim=32,
+    ),
+}
+FULL_TALKER = dict(
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    text_hidden_size=2048,
+    rope_theta=1_000_000,
+    max_position_embeddings=32_768,
+    rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "interleaved": True},
+)
 FULL = {
     "talker_0.6b": {**FULL_TALKER, "hidden_size": 1024, "intermediate_size": 3072},
     "talker_1.7b": {**FULL_TALKER, "hidden_size": 2048, "intermediate_size": 6144},
-    "code_predictor": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
-                           num_key_value_heads=8, head_dim=128, rope_theta=1_000_000, max_position_embeddings=65_536),
-    "speaker_encoder": dict(enc_channels=[512, 512, 512, 512, 1536], enc_attention_channels=128, enc_res2net_scale=8,
-                            enc_se_channels=128),
-    "encoder": dict(hidden_size=512, num_filters=64, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-                    head_dim=64, intermediate_size=2048, codebook_dim=256, vector_quantization_hidden_dimension=256,
-                    num_quantizers=32, upsample_groups=512),
-    "decoder": dict(codebook_dim=512, latent_dim=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=8,
-                    num_attention_heads=16, num_key_value_heads=16, head_dim=64, decoder_dim=1536),
-}  # fmt: skip
+    "code_predictor": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=5,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        rope_theta=1_000_000,
+        max_position_embeddings=65_536,
+    ),
+    "speaker_encoder": dict(
+        enc_channels=[512, 512, 512, 512, 1536], enc_attention_channels=128, enc_res2net_scale=8, enc_se_channels=128
+    ),
+    "encoder": dict(
+        hidden_size=512,
+        num_filters=64,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=64,
+        intermediate_size=2048,
+        codebook_dim=256,
+        vector_quantization_hidden_dimension=256,
+        num_quantizers=32,
+        upsample_groups=512,
+    ),
+    "decoder": dict(
+        codebook_dim=512,
+        latent_dim=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        head_dim=64,
+        decoder_dim=1536,
+    ),
+}
 FULL_TEXT_VOCAB_SIZE = 151_936
 KINDS = {"clone": "base", "design": "voice_design", "custom": "custom_voice"}  # synthesize mode -> tts_model_type
 
@@ -134,38 +236,70 @@ def text_tokenizer():
 
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_SIZE,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
     corpus = [line for line in BPE_CORPUS.splitlines() if line] + list(CHAT_ROLES) * CHAT_ROLE_REPEATS
     bpe.train_from_iterator(corpus, trainer)
     with tempfile.TemporaryDirectory() as folder:
         bpe.model.save(folder)
-        tokenizer = Qwen2TokenizerFast(vocab_file=f"{folder}/vocab.json", merges_file=f"{folder}/merges.txt",
-                                       unk_token=None, bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")  # fmt: skip
+        tokenizer = Qwen2TokenizerFast(
+            vocab_file=f"{folder}/vocab.json",
+            merges_file=f"{folder}/merges.txt",
+            unk_token=None,
+            bos_token=None,
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
     tokenizer.eos_token = "<|im_end|>"
     head = tokenizer("<|im_start|>assistant\n")["input_ids"]
     tail = tokenizer("<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
     if len(head) != 3 or len(tail) != 5:
-        raise RuntimeError(f"the tiny text tokenizer splits the chat markers wrongly: {len(head)} and {len(tail)} tokens")
+        raise RuntimeError(
+            f"the tiny text tokenizer splits the chat markers wrongly: {len(head)} and {len(tail)} tokens"
+        )
     return tokenizer
 
 
 def _speech_tokenizer_config(size: str) -> dict[str, Any]:
     sizes = TINY if size == "tiny" else FULL
-    encoder = dict(sampling_rate=SAMPLE_RATE_HZ, frame_rate=SAMPLE_RATE_HZ / HOP_SAMPLES, upsampling_ratios=[8, 6, 5, 4],
-                   codebook_size=CODEBOOK_SIZE, num_semantic_quantizers=1, use_causal_conv=True, **sizes["encoder"])  # fmt: skip
-    decoder = dict(codebook_size=CODEBOOK_SIZE, num_quantizers=NUM_CODE_GROUPS, upsample_rates=[8, 5, 4, 3],
-                   upsampling_ratios=[2, 2], **sizes["decoder"])  # fmt: skip
-    return dict(encoder_config=encoder, decoder_config=decoder, encoder_valid_num_quantizers=NUM_CODE_GROUPS,
-                input_sample_rate=SAMPLE_RATE_HZ, output_sample_rate=SAMPLE_RATE_HZ,
-                decode_upsample_rate=HOP_SAMPLES, encode_downsample_rate=HOP_SAMPLES,
-                architectures=["Qwen3TTSTokenizerV2Model"])  # fmt: skip
+    encoder = dict(
+        sampling_rate=SAMPLE_RATE_HZ,
+        frame_rate=SAMPLE_RATE_HZ / HOP_SAMPLES,
+        upsampling_ratios=[8, 6, 5, 4],
+        codebook_size=CODEBOOK_SIZE,
+        num_semantic_quantizers=1,
+        use_causal_conv=True,
+        **sizes["encoder"],
+    )
+    decoder = dict(
+        codebook_size=CODEBOOK_SIZE,
+        num_quantizers=NUM_CODE_GROUPS,
+        upsample_rates=[8, 5, 4, 3],
+        upsampling_ratios=[2, 2],
+        **sizes["decoder"],
+    )
+    return dict(
+        encoder_config=encoder,
+        decoder_config=decoder,
+        encoder_valid_num_quantizers=NUM_CODE_GROUPS,
+        input_sample_rate=SAMPLE_RATE_HZ,
+        output_sample_rate=SAMPLE_RATE_HZ,
+        decode_upsample_rate=HOP_SAMPLES,
+        encode_downsample_rate=HOP_SAMPLES,
+        architectures=["Qwen3TTSTokenizerV2Model"],
+    )
 
 
 def build_speech_tokenizer(folder: Path, size: str, seed: int) -> None:
@@ -184,14 +318,18 @@ def build_speech_tokenizer(folder: Path, size: str, seed: int) -> None:
         for name, parameter in model.decoder.named_parameters():
             if name.endswith("embedding_sum"):  # the decoder's codebooks
                 parameter.normal_()
-        convolutions = [m for m in model.decoder.decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+        convolutions = [
+            m for m in model.decoder.decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+        ]
         for conv in convolutions:
             torch.nn.init.kaiming_normal_(conv.weight)
             if conv.bias is not None:
                 conv.bias.zero_()
         # the decoder clamps its output to [-1, 1]: measure the level before the clamp, at the last convolution
         levels: list[float] = []
-        hook = convolutions[-1].register_forward_hook(lambda module, args, out: levels.append(out.pow(2).mean().sqrt().item()))
+        hook = convolutions[-1].register_forward_hook(
+            lambda module, args, out: levels.append(out.pow(2).mean().sqrt().item())
+        )
         model.decoder(torch.randint(0, CODEBOOK_SIZE, (2, NUM_CODE_GROUPS, CALIBRATION_FRAMES)))
         hook.remove()
         convolutions[-1].weight.mul_(DECODED_RMS / max(levels[0], 1e-12))
@@ -208,26 +346,50 @@ def model_config(kind: str, size: str, tokenizer) -> dict[str, Any]:
         talker, predictor, speaker = TINY["talker"], TINY["code_predictor"], TINY["speaker_encoder"]
         text_vocab = -(-len(tokenizer) // TEXT_VOCAB_MULTIPLE) * TEXT_VOCAB_MULTIPLE
     else:
-        talker, predictor, speaker = FULL["talker_1.7b" if big else "talker_0.6b"], FULL["code_predictor"], FULL["speaker_encoder"]
+        talker, predictor, speaker = (
+            FULL["talker_1.7b" if big else "talker_0.6b"],
+            FULL["code_predictor"],
+            FULL["speaker_encoder"],
+        )
         text_vocab = FULL_TEXT_VOCAB_SIZE
     speakers = SPEAKER_IDS if kind == "custom_voice" else {}
     talker_config = dict(
-        vocab_size=CODEC_VOCAB_SIZE, num_code_groups=NUM_CODE_GROUPS, text_vocab_size=text_vocab,
-        codec_language_id=dict(LANGUAGE_IDS), spk_id=dict(speakers),
+        vocab_size=CODEC_VOCAB_SIZE,
+        num_code_groups=NUM_CODE_GROUPS,
+        text_vocab_size=text_vocab,
+        codec_language_id=dict(LANGUAGE_IDS),
+        spk_id=dict(speakers),
         spk_is_dialect={name: SPEAKER_DIALECTS.get(name, False) for name in speakers},
         code_predictor_config=dict(vocab_size=CODEBOOK_SIZE, num_code_groups=NUM_CODE_GROUPS, **predictor),
-        **CODEC_IDS, **talker,
-    )  # fmt: skip
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("im_start_token_id", "<|im_start|>"), ("im_end_token_id", "<|im_end|>"), ("tts_pad_token_id", "<tts_pad>"),
-        ("tts_bos_token_id", "<tts_text_bos>"), ("tts_eos_token_id", "<tts_text_eod>"))}  # fmt: skip
+        **CODEC_IDS,
+        **talker,
+    )
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("im_start_token_id", "<|im_start|>"),
+            ("im_end_token_id", "<|im_end|>"),
+            ("tts_pad_token_id", "<tts_pad>"),
+            ("tts_bos_token_id", "<tts_text_bos>"),
+            ("tts_eos_token_id", "<tts_text_eod>"),
+        )
+    }
     return dict(
         talker_config=talker_config,
-        speaker_encoder_config=dict(mel_dim=128, enc_dim=talker["hidden_size"], sample_rate=SAMPLE_RATE_HZ,
-                                    enc_kernel_sizes=[5, 3, 3, 3, 1], enc_dilations=[1, 2, 3, 4, 1], **speaker),
-        tokenizer_type="qwen3_tts_tokenizer_12hz", tts_model_size="1b7" if big else "0b6", tts_model_type=kind,
-        architectures=["Qwen3TTSForConditionalGeneration"], **ids,
-    )  # fmt: skip
+        speaker_encoder_config=dict(
+            mel_dim=128,
+            enc_dim=talker["hidden_size"],
+            sample_rate=SAMPLE_RATE_HZ,
+            enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1],
+            **speaker,
+        ),
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        tts_model_size="1b7" if big else "0b6",
+        tts_model_type=kind,
+        architectures=["Qwen3TTSForConditionalGeneration"],
+        **ids,
+    )
 
 
 def random_model(kind: str, size: str, seed: int, tokenizer):
@@ -260,8 +422,18 @@ def _fix_config(path: Path) -> None:
 
 def _generation_config() -> dict[str, Any]:
     """The sampling defaults of the released checkpoints, with a short ``max_new_tokens`` (no EOS here)."""
-    return dict(do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05, subtalker_dosample=True,
-                subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)  # fmt: skip
+    return dict(
+        do_sample=True,
+        top_k=50,
+        top_p=1.0,
+        temperature=0.9,
+        repetition_penalty=1.05,
+        subtalker_dosample=True,
+        subtalker_top_k=50,
+        subtalker_top_p=1.0,
+        subtalker_temperature=0.9,
+        max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+    )
 
 
 def build_model_folder(folder: Path, kind: str, size: str, seed: int, tokenizer, speech_tokenizer: Path) -> None:

@@ -24,10 +24,27 @@ LIBRARY = "whisper"
 MODEL_NAME = "turbo"
 FASTER_WHISPER_LIBRARY = "faster-whisper"
 # openai-whisper's large-v3-turbo: 32 encoder layers, 4 decoder layers, width 1280, 20 heads
-FULL_DIMS = dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                 n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=4)  # fmt: skip
-TINY_DIMS = {**FULL_DIMS, "n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 2,
-             "n_text_state": 64, "n_text_head": 2, "n_text_layer": 2}  # fmt: skip
+FULL_DIMS = dict(
+    n_mels=128,
+    n_audio_ctx=1500,
+    n_audio_state=1280,
+    n_audio_head=20,
+    n_audio_layer=32,
+    n_vocab=51866,
+    n_text_ctx=448,
+    n_text_state=1280,
+    n_text_head=20,
+    n_text_layer=4,
+)
+TINY_DIMS = {
+    **FULL_DIMS,
+    "n_audio_state": 64,
+    "n_audio_head": 2,
+    "n_audio_layer": 2,
+    "n_text_state": 64,
+    "n_text_head": 2,
+    "n_text_layer": 2,
+}
 # Plain random init gives a decoder that repeats one token whatever the audio. These scales make the
 # output depend on the audio and mix text with timestamp tokens, so a decode has segments and words:
 TOKEN_LOGIT_STD = 2.0  # std of the output logits: token embedding std = this / sqrt(width)
@@ -103,12 +120,22 @@ def _transformers_whisper(model):
     dims = model.dims
     eot = 50257  # <|endoftext|> of whisper's multilingual vocabulary
     config = WhisperConfig(
-        vocab_size=dims.n_vocab, num_mel_bins=dims.n_mels, d_model=dims.n_audio_state,
-        encoder_layers=dims.n_audio_layer, encoder_attention_heads=dims.n_audio_head, encoder_ffn_dim=4 * dims.n_audio_state,
-        decoder_layers=dims.n_text_layer, decoder_attention_heads=dims.n_text_head, decoder_ffn_dim=4 * dims.n_text_state,
-        max_source_positions=dims.n_audio_ctx, max_target_positions=dims.n_text_ctx, decoder_start_token_id=eot + 1,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-    )  # fmt: skip
+        vocab_size=dims.n_vocab,
+        num_mel_bins=dims.n_mels,
+        d_model=dims.n_audio_state,
+        encoder_layers=dims.n_audio_layer,
+        encoder_attention_heads=dims.n_audio_head,
+        encoder_ffn_dim=4 * dims.n_audio_state,
+        decoder_layers=dims.n_text_layer,
+        decoder_attention_heads=dims.n_text_head,
+        decoder_ffn_dim=4 * dims.n_text_state,
+        max_source_positions=dims.n_audio_ctx,
+        max_target_positions=dims.n_text_ctx,
+        decoder_start_token_id=eot + 1,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
     state = {}
     for name, tensor in model.state_dict().items():
         for pattern, replacement in _HF_NAMES:
@@ -118,7 +145,7 @@ def _transformers_whisper(model):
     converted = WhisperForConditionalGeneration(config)
     converted.generation_config.suppress_tokens = []  # faster-whisper passes its own list
     converted.generation_config.begin_suppress_tokens = [220, eot]  # " " and <|endoftext|>, whisper's suppress_blank
-    missing, unexpected = converted.load_state_dict(state, strict=False)
+    missing, unexpected = converted.load_state_dict(state)
     if unexpected or set(missing) - {"model.encoder.embed_positions.weight"}:
         raise RuntimeError(f"whisper -> transformers names: missing {missing}, unexpected {unexpected}")
     return converted.eval()
@@ -148,18 +175,25 @@ def build_faster_whisper(model_dir: Path, size: str, seed: int) -> list[Path]:
     checkpoint = Path(model_dir) / LIBRARY / f"{MODEL_NAME}.pt"
     if not checkpoint.exists():
         build(model_dir, size, seed)
-    model = whisper.load_model(str(checkpoint), device="cpu")  # the float16-rounded weights, as the checkpoint holds them
+    model = whisper.load_model(
+        str(checkpoint), device="cpu"
+    )  # the float16-rounded weights, as the checkpoint holds them
     out = Path(model_dir) / FASTER_WHISPER_LIBRARY / MODEL_NAME
     with tempfile.TemporaryDirectory() as folder:
         converted = _transformers_whisper(model)
         layers_heads = model.alignment_heads.indices().T.tolist()  # whisper's default for a random model
         converted.generation_config.alignment_heads = layers_heads
         tokenizer = _tokenizer(model)
-        converted.generation_config.lang_to_id = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.additional_special_tokens
-                                                  if t.strip("<|>") in whisper.tokenizer.LANGUAGES}  # fmt: skip
+        converted.generation_config.lang_to_id = {
+            t: tokenizer.convert_tokens_to_ids(t)
+            for t in tokenizer.additional_special_tokens
+            if t.strip("<|>") in whisper.tokenizer.LANGUAGES
+        }
         converted.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         WhisperFeatureExtractor(feature_size=model.dims.n_mels).save_pretrained(folder)
-        converter = ctranslate2.converters.TransformersConverter(folder, copy_files=["tokenizer.json", "preprocessor_config.json"])
+        converter = ctranslate2.converters.TransformersConverter(
+            folder, copy_files=["tokenizer.json", "preprocessor_config.json"]
+        )
         converter.convert(str(out), force=True)
     return sorted(out.iterdir())
