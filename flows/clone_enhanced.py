@@ -17,14 +17,14 @@ from pydantic import Field
 from voxflow.flows.environment import environment
 from voxflow.flows.ingest import MAX_THREADS
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
-from voxflow.tasks.synthesize import SynthesisRequest
+from voxflow.tasks.synthesize import AUTO_LANGUAGE, SynthesisRequest
 
 
 @flow(name="clone_enhanced", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def clone_enhanced(
     reference: str,
     lines: Annotated[list[str], Field(min_length=1)],
-    language: str = "auto",
+    language: str = AUTO_LANGUAGE,
     transcript: str | None = None,
     options: SpeechOptions = SpeechOptions(),
     storage_block: str | None = None,

@@ -15,12 +15,13 @@ from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
 from voxflow.tasks import ingest, lipsync
 from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.lipsync import LipsyncOptions
 from voxflow.tasks.lipsync import lipsync_features as features_task
 
 
 @dataclass(frozen=True)
-class LipsyncFlowOptions:
+class LipsyncFlowOptions(Options):
     """The working audio (16 kHz mono) and the feature options (fps, window)."""
 
     ingest: IngestOptions = IngestOptions()

@@ -16,11 +16,12 @@ from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipel
 from voxflow.tasks import ingest
 from voxflow.tasks import separate as separation
 from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.separate import SeparateOptions, separate_audio
 
 
 @dataclass(frozen=True)
-class SeparateFlowOptions:
+class SeparateFlowOptions(Options):
     """The working audio (the source's rate and channels by default) and the separation options."""
 
     ingest: IngestOptions = ingest.NATIVE

@@ -26,7 +26,9 @@ from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import shared_store
 from voxflow.tasks.enhance import EnhanceOptions, enhance_audio
 from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.reference import ReferenceOptions, prepare_reference_audio
+from voxflow.tasks.synthesize import SAMPLE_RATE_HZ as NATIVE_RATE_HZ
 from voxflow.tasks.synthesize import (
     ReferenceText,
     SynthesisItem,
@@ -42,7 +44,7 @@ REFERENCE_INGEST = IngestOptions(sample_rate_hz=None)  # the reference at its ow
 
 
 @dataclass(frozen=True)
-class SpeechOptions:
+class SpeechOptions(Options):
     """The three switches of the synthesis flows, and the options of every step they run."""
 
     run_pre_processing: Annotated[
@@ -68,10 +70,6 @@ class SpeechOptions:
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
     enhance: EnhanceOptions = field(default_factory=EnhanceOptions)
 
-    def __post_init__(self) -> None:
-        if not 8000 <= self.output_rate_hz <= 192000:
-            raise ValueError(f"output_rate_hz must be between 8000 and 192000, got {self.output_rate_hz}")
-
     def reference_options(self) -> ReferenceOptions:
         """The reference step: ``run_pre_processing`` decides whether it cleans or only checks."""
         return replace(self.reference, process=self.run_pre_processing)
@@ -85,9 +83,6 @@ class SpeechOptions:
             output_rate_hz=self.output_rate_hz,
         )
         return None if not (options.denoise or options.upsample) and self.output_rate_hz == NATIVE_RATE_HZ else options
-
-
-NATIVE_RATE_HZ = 24000  # what Qwen3-TTS writes
 
 
 @dataclass(frozen=True)

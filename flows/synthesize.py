@@ -19,7 +19,7 @@ from pydantic import Field
 from voxflow.flows.environment import environment
 from voxflow.flows.ingest import MAX_THREADS
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
-from voxflow.tasks.synthesize import Mode, SynthesisItem, SynthesisRequest
+from voxflow.tasks.synthesize import AUTO_LANGUAGE, Mode, SynthesisItem, SynthesisRequest
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def check_items(mode: Mode, items: list[SpeechItem]) -> None:
 def synthesize(
     mode: Mode,
     items: Annotated[list[SpeechItem], Field(min_length=1)],
-    language: str = "auto",
+    language: str = AUTO_LANGUAGE,
     options: SpeechOptions = SpeechOptions(),
     storage_block: str | None = None,
     models_block: str | None = None,

@@ -18,12 +18,13 @@ from voxflow.tasks import transcribe as transcription
 from voxflow.tasks.denoise import DenoiseOptions, denoise_audio
 from voxflow.tasks.diarize import DiarizeOptions, diarize_audio
 from voxflow.tasks.ingest import IngestOptions, ingest_file
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.separate import SeparateOptions, separate_audio
 from voxflow.tasks.transcribe import TranscribeOptions, transcribe_audio
 
 
 @dataclass(frozen=True)
-class TranscribeFlowOptions:
+class TranscribeFlowOptions(Options):
     """Which optional stages run on each file, and every stage's options."""
 
     run_separate: Annotated[bool, Field(description="Isolate the voices from music and effects first.")] = False

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
@@ -52,6 +52,7 @@ from voxflow.tasks.kit.models import (
     holding,
     register_model_source,
 )
+from voxflow.tasks.kit.options import InvalidOptions, Options, model_name
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -70,11 +71,13 @@ RESAMPLE_ZEROS = 56  # half-width of denoiser.resample's sinc filters, in sample
 
 
 @dataclass(frozen=True)
-class DenoiseOptions:
+class DenoiseOptions(Options):
     """Which denoiser runs, how much of the input is kept, and how a long file is cut into chunks."""
 
     model: Annotated[
-        str, Field(min_length=1, description="dns48, dns64, master64, or <name> of a <model dir>/denoiser/<name>.th.")
+        str,
+        Field(min_length=1, description="dns48, dns64, master64, or <name> of a <model dir>/denoiser/<name>.th."),
+        AfterValidator(model_name),
     ] = DEFAULT_MODEL
     dry: Annotated[
         float,
@@ -94,27 +97,20 @@ class DenoiseOptions:
         int, Field(ge=1, le=256, description="Chunks per forward pass on the device (halved on out-of-memory).")
     ] = 4
 
-    def __post_init__(self) -> None:
-        if not self.model or "/" in self.model or "\\" in self.model or self.model.startswith("."):
-            raise ValueError(f"model must be a model name such as {DEFAULT_MODEL!r}, got {self.model!r}")
-        if not 0.0 <= self.dry <= 1.0:
-            raise ValueError(f"dry must be between 0 and 1, got {self.dry}")
-        if not 0.0 < self.chunk_s <= 600.0:
-            raise ValueError(f"chunk_s must be in (0, 600], got {self.chunk_s}")
-        if not 0.0 < self.overlap_s < self.chunk_s:
-            raise ValueError(
-                f"overlap_s must be positive and shorter than chunk_s ({self.chunk_s}), got {self.overlap_s}"
+    def check(self) -> None:
+        if self.overlap_s >= self.chunk_s:
+            raise InvalidOptions(
+                f"DenoiseOptions: overlap_s ({self.overlap_s}) must be shorter than chunk_s ({self.chunk_s})"
             )
-        if not 0.0 < self.crossfade_s < self.overlap_s:
-            raise ValueError(
-                f"crossfade_s must be positive and shorter than overlap_s ({self.overlap_s}), got {self.crossfade_s}"
+        if self.crossfade_s >= self.overlap_s:
+            raise InvalidOptions(
+                f"DenoiseOptions: crossfade_s ({self.crossfade_s}) must be shorter than overlap_s ({self.overlap_s})"
             )
         if self.crossfade_s > self.chunk_s - self.overlap_s:
-            raise ValueError(
-                f"crossfade_s ({self.crossfade_s}) must not exceed chunk_s - overlap_s ({self.chunk_s - self.overlap_s:g})"
+            raise InvalidOptions(
+                f"DenoiseOptions: crossfade_s ({self.crossfade_s}) must not exceed chunk_s - overlap_s "
+                f"({self.chunk_s - self.overlap_s:g})"
             )
-        if not 1 <= self.batch_size <= 256:
-            raise ValueError(f"batch_size must be between 1 and 256, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

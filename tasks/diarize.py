@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.refs import ArtifactRef
@@ -46,6 +46,7 @@ from voxflow.tasks.kit.models import (
     hub_errors,
     register_model_source,
 )
+from voxflow.tasks.kit.options import InvalidOptions, Options, not_blank
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
 from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom, is_out_of_memory
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -66,14 +67,16 @@ PROGRESS_PHASES = {"segmentation": (0, 20), "embeddings": (20, 80)}  # ... step 
 
 
 @dataclass(frozen=True)
-class DiarizeOptions:
+class DiarizeOptions(Options):
     """Which pipeline diarizes, what it may assume about the speakers, and its batch sizes."""
 
     model: Annotated[
         str,
         Field(
-            description="Hugging Face pipeline id, found first in <model dir>/pyannote/<repository name>/; or a pipeline folder."
+            min_length=1,
+            description="Hugging Face pipeline id, found first in <model dir>/pyannote/<repository name>/; or a pipeline folder.",
         ),
+        AfterValidator(not_blank),
     ] = DEFAULT_MODEL
     num_speakers: Annotated[
         int | None, Field(ge=1, description="Exact number of speakers when known (forces that many clusters).")
@@ -85,20 +88,13 @@ class DiarizeOptions:
         int, Field(ge=1, le=1024, description="(window, speaker) pairs embedded at once.")
     ] = 32
 
-    def __post_init__(self) -> None:
-        for name in ("num_speakers", "min_speakers", "max_speakers"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+    def check(self) -> None:
         if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
-            raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
+            raise InvalidOptions("DiarizeOptions: give num_speakers, or min_speakers/max_speakers, not both")
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
-            raise ValueError(f"min_speakers ({self.min_speakers}) must not exceed max_speakers ({self.max_speakers})")
-        for name in ("segmentation_batch_size", "embedding_batch_size"):
-            if not 1 <= getattr(self, name) <= 1024:
-                raise ValueError(f"{name} must be between 1 and 1024, got {getattr(self, name)}")
-        if not self.model.strip():
-            raise ValueError("model must name a pipeline (e.g. pyannote/speaker-diarization-community-1)")
+            raise InvalidOptions(
+                f"DiarizeOptions: min_speakers ({self.min_speakers}) must not exceed max_speakers ({self.max_speakers})"
+            )
 
     def speaker_counts(self) -> dict[str, int]:
         """The speaker-count keyword arguments of the pipeline call (only those that are set)."""

@@ -35,6 +35,7 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import ModelSettings, holding
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 from voxflow.tasks.upsample import INPUT_RATE_HZ, OUTPUT_RATE_HZ, UpsampleOptions, load_upsample_model, upsample
@@ -61,7 +62,7 @@ RESAMPLE_FILTER = {
 
 
 @dataclass(frozen=True)
-class EnhanceOptions:
+class EnhanceOptions(Options):
     """Which steps of the post-chain run, the rate written, and each step's own options."""
 
     denoise: Annotated[bool, Field(description="Denoise the generated speech (DNS48 at 16 kHz).")] = True
@@ -73,12 +74,6 @@ class EnhanceOptions:
     )
     denoiser: DenoiseOptions = field(default_factory=DenoiseOptions)
     sr: UpsampleOptions = field(default_factory=UpsampleOptions)
-
-    def __post_init__(self) -> None:
-        if not MIN_RATE_HZ <= self.output_rate_hz <= MAX_RATE_HZ:
-            raise ValueError(
-                f"output_rate_hz must be between {MIN_RATE_HZ} and {MAX_RATE_HZ}, got {self.output_rate_hz}"
-            )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the source path when the bytes arrive under a new one).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -20,6 +20,7 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import FetchedSource, fetch_source
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.kit.outputs import write_audio
 from voxflow.tasks.kit.runs import StageRun, current_run
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -33,7 +34,7 @@ ResampleQuality = Literal["QQ", "LQ", "MQ", "HQ", "VHQ"]
 
 
 @dataclass(frozen=True)
-class IngestOptions:
+class IngestOptions(Options):
     """How an input file becomes the pipeline's working audio."""
 
     sample_rate_hz: Annotated[
@@ -42,14 +43,6 @@ class IngestOptions:
     ] = 16_000
     mono: Annotated[bool, Field(description="Downmix all channels to one (their mean).")] = True
     resample_quality: Annotated[ResampleQuality, Field(description="soxr resampling quality.")] = "VHQ"
-
-    def __post_init__(self) -> None:
-        if self.sample_rate_hz is not None and not 8_000 <= self.sample_rate_hz <= 192_000:
-            raise ValueError(f"sample_rate_hz must be between 8000 and 192000, got {self.sample_rate_hz}")
-        if self.resample_quality not in get_args(ResampleQuality):
-            raise ValueError(
-                f"resample_quality must be one of {get_args(ResampleQuality)}, got {self.resample_quality!r}"
-            )
 
 
 SPEECH = IngestOptions()  # 16 kHz mono: what the speech models read

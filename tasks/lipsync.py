@@ -27,7 +27,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,6 +35,7 @@ from pydantic import Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers.audio import downmix, resample
+from voxflow.tasks.kit.options import InvalidOptions, Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 
@@ -52,7 +53,7 @@ PadMode = Literal["reflect", "constant"]
 
 
 @dataclass(frozen=True)
-class LipsyncOptions:
+class LipsyncOptions(Options):
     """Wav2Lip's audio features: the log-mel analysis and the window per video frame."""
 
     fps: Annotated[float, Field(gt=0, le=1000, description="Video frames per second; one window per frame.")] = 25.0
@@ -72,34 +73,17 @@ class LipsyncOptions:
     # reflect: librosa 0.7's default, what Wav2Lip was trained on; constant: zeros (librosa >= 0.10)
     pad_mode: Annotated[PadMode, Field(description="STFT edge padding: reflect or constant.")] = "reflect"
 
-    def __post_init__(self) -> None:
-        if not (0 < self.fps <= 1000 and math.isfinite(self.fps)):
-            raise ValueError(f"fps must be in (0, 1000], got {self.fps}")
-        if not 1 <= self.window_frames <= 1000:
-            raise ValueError(f"window_frames must be between 1 and 1000, got {self.window_frames}")
-        if not 8_000 <= self.sample_rate_hz <= 192_000:
-            raise ValueError(f"sample_rate_hz must be between 8000 and 192000, got {self.sample_rate_hz}")
-        if not 0 <= self.preemphasis < 1:
-            raise ValueError(f"preemphasis must be in [0, 1), got {self.preemphasis}")
-        if not 16 <= self.n_fft <= 65_536:
-            raise ValueError(f"n_fft must be between 16 and 65536, got {self.n_fft}")
-        if not 1 <= self.hop_samples <= self.n_fft:
-            raise ValueError(f"hop_samples must be between 1 and n_fft ({self.n_fft}), got {self.hop_samples}")
-        if not 2 <= self.win_samples <= self.n_fft:
-            raise ValueError(f"win_samples must be between 2 and n_fft ({self.n_fft}), got {self.win_samples}")
-        if not 1 <= self.n_mels <= 512:
-            raise ValueError(f"n_mels must be between 1 and 512, got {self.n_mels}")
-        if not 0 <= self.fmin_hz < self.fmax_hz <= self.sample_rate_hz / 2:
-            raise ValueError(
-                f"need 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2, got {self.fmin_hz}, {self.fmax_hz}, "
+    def check(self) -> None:
+        if self.hop_samples > self.n_fft or self.win_samples > self.n_fft:
+            raise InvalidOptions(
+                f"LipsyncOptions: hop_samples ({self.hop_samples}) and win_samples ({self.win_samples}) must not "
+                f"exceed n_fft ({self.n_fft})"
+            )
+        if not self.fmin_hz < self.fmax_hz <= self.sample_rate_hz / 2:
+            raise InvalidOptions(
+                f"LipsyncOptions: need fmin_hz < fmax_hz <= sample_rate_hz / 2, got {self.fmin_hz}, {self.fmax_hz}, "
                 f"{self.sample_rate_hz}"
             )
-        if not self.min_level_db < 0:
-            raise ValueError(f"min_level_db must be negative, got {self.min_level_db}")
-        if not self.max_abs_value > 0:
-            raise ValueError(f"max_abs_value must be positive, got {self.max_abs_value}")
-        if self.pad_mode not in get_args(PadMode):
-            raise ValueError(f"pad_mode must be one of {get_args(PadMode)}, got {self.pad_mode!r}")
 
     @property
     def mel_frames_per_s(self) -> float:

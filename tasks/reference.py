@@ -40,6 +40,7 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
 from voxflow.tasks.helpers import audio as audio_io
 from voxflow.tasks.kit.models import ModelSettings
+from voxflow.tasks.kit.options import InvalidOptions, Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 
@@ -69,7 +70,7 @@ class ReferenceError(ValueError):
 
 
 @dataclass(frozen=True)
-class ReferenceOptions:
+class ReferenceOptions(Options):
     """Whether the reference is cleaned or only checked, and the limits of a usable reference."""
 
     process: Annotated[
@@ -113,28 +114,12 @@ class ReferenceOptions:
         default_factory=DenoiseOptions
     )
 
-    def __post_init__(self) -> None:
-        if not 8_000 <= self.sample_rate_hz <= 192_000:
-            raise ValueError(f"sample_rate_hz must be between 8000 and 192000, got {self.sample_rate_hz}")
-        if not -60.0 <= self.loudness_lufs <= -5.0:
-            raise ValueError(f"loudness_lufs must be between -60 and -5, got {self.loudness_lufs}")
-        if not 0.0 < self.trim_threshold_db <= 120.0:
-            raise ValueError(f"trim_threshold_db must be in (0, 120], got {self.trim_threshold_db}")
-        if not 0.0 <= self.trim_pad_s <= 2.0:
-            raise ValueError(f"trim_pad_s must be between 0 and 2, got {self.trim_pad_s}")
-        if self.min_speech_s < 0.5:
-            raise ValueError(f"min_speech_s must be at least 0.5 (loudness needs 0.4 s), got {self.min_speech_s}")
-        if not 0.0 < self.max_s <= 600.0:
-            raise ValueError(f"max_s must be in (0, 600], got {self.max_s}")
+    def check(self) -> None:
         if self.min_speech_s + self.trim_pad_s >= self.max_s:
-            raise ValueError(
-                f"min_speech_s + trim_pad_s ({self.min_speech_s + self.trim_pad_s:g}) must be shorter than "
-                f"max_s ({self.max_s:g})"
+            raise InvalidOptions(
+                f"ReferenceOptions: min_speech_s + trim_pad_s ({self.min_speech_s + self.trim_pad_s:g}) must be "
+                f"shorter than max_s ({self.max_s:g})"
             )
-        if not -120.0 <= self.silence_dbfs < 0.0:
-            raise ValueError(f"silence_dbfs must be in [-120, 0), got {self.silence_dbfs}")
-        if not 0.0 <= self.clipped_fraction <= 1.0:
-            raise ValueError(f"clipped_fraction must be between 0 and 1, got {self.clipped_fraction}")
 
 
 @dataclass(frozen=True)

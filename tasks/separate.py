@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
@@ -42,6 +42,7 @@ from voxflow.tasks.kit.models import (
     hub_errors,
     register_model_source,
 )
+from voxflow.tasks.kit.options import Options, not_blank
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -63,14 +64,16 @@ CPU_BATCH_SIZE = 1  # on a CPU a batch is slower per segment (measured: 7.1 s at
 
 
 @dataclass(frozen=True)
-class SeparateOptions:
+class SeparateOptions(Options):
     """Which Demucs model separates, how the track is cut into segments, and how many run at once."""
 
     model: Annotated[
         str,
         Field(
-            min_length=1, description="Demucs model or bag name: htdemucs, htdemucs_ft (a bag of 4), htdemucs_6s, ..."
+            min_length=1,
+            description="Demucs model or bag name: htdemucs, htdemucs_ft (a bag of 4), htdemucs_6s, ...",
         ),
+        AfterValidator(not_blank),
     ] = DEFAULT_MODEL
     segment_s: Annotated[
         float | None,
@@ -100,20 +103,6 @@ class SeparateOptions:
             description="Segments run at once on the device (halved on CUDA out-of-memory); empty: 4 on a CUDA GPU, 1 on a CPU (where batches run slower).",
         ),
     ] = None
-
-    def __post_init__(self) -> None:
-        if not self.model.strip():
-            raise ValueError("model must name a Demucs model or bag (e.g. htdemucs)")
-        if self.segment_s is not None and not self.segment_s > 0:
-            raise ValueError(f"segment_s must be positive seconds or None, got {self.segment_s}")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if not 0 <= self.shifts <= 32:
-            raise ValueError(f"shifts must be between 0 and 32, got {self.shifts}")
-        if self.shift_seed < 0:
-            raise ValueError(f"shift_seed must be >= 0, got {self.shift_seed}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= 256:
-            raise ValueError(f"batch_size must be between 1 and 256 or None, got {self.batch_size}")
 
     def batch_size_on(self, device: str) -> int:
         """The segments run at once on ``device`` (``cuda``/``cpu``): the option, else the device's default."""

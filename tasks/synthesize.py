@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
@@ -72,6 +72,7 @@ from voxflow.tasks.kit.models import (
     register_model_source,
     seeded,
 )
+from voxflow.tasks.kit.options import InvalidOptions, Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact, write_audio
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -93,6 +94,7 @@ DEFAULT_MODELS: dict[Mode, str] = {
 }
 MODEL_TYPES: dict[Mode, str] = {"clone": "base", "design": "voice_design", "custom": "custom_voice"}
 SAMPLE_RATE_HZ = 24_000  # what the 12 Hz speech tokenizer decodes to
+AUTO_LANGUAGE = "auto"  # let the model tell the language from the text
 CODEC_FRAME_RATE_HZ = 12.5  # codec frames (generated tokens) per second of speech
 SEED_STRIDE = 1000  # attempt k of a line runs with seed + SEED_STRIDE * k
 MIN_REFERENCE_S = 1.0  # a shorter reference recording cannot carry a voice
@@ -111,14 +113,21 @@ class SynthesisItem:
     """One line to speak, with what its mode needs (checked by :func:`validate_items`)."""
 
     text: str
-    language: str = "auto"  # one of the model's languages (see supported_languages), or auto
+    language: str = AUTO_LANGUAGE  # one of the model's languages (see supported_languages), or auto
     speaker: str | None = None  # custom mode: a built-in speaker (see supported_speakers)
     instruction: str | None = None  # custom mode, optional: how to speak (tone, emotion, pace)
     voice_description: str | None = None  # design mode, required: the voice in words
 
 
+def repo_or_folder(value: str | None) -> str | None:
+    """A validator: a Hugging Face repo id or a folder name (None: the mode's default model)."""
+    if value is not None and (not value.strip() or value.startswith(".")):
+        raise ValueError(f"must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name")
+    return value
+
+
 @dataclass(frozen=True)
-class SynthesizeOptions:
+class SynthesizeOptions(Options):
     """Which model speaks, how lines are cut and batched, how tokens are sampled, and how often a failing line is retried."""
 
     model: Annotated[
@@ -126,6 +135,7 @@ class SynthesizeOptions:
         Field(
             description="Hugging Face repo id or a folder name under <model dir>/qwen-tts; None: the mode's default."
         ),
+        AfterValidator(repo_or_folder),
     ] = None
     batch_size: Annotated[
         int, Field(ge=1, le=256, description="Pieces of text per model call (halved on out-of-memory).")
@@ -188,34 +198,12 @@ class SynthesizeOptions:
         ),
     ] = 2
 
-    def __post_init__(self) -> None:
-        if self.model is not None and (not self.model.strip() or self.model.startswith(".")):
-            raise ValueError(
-                f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}"
+    def check(self) -> None:
+        if self.margin_frames > self.max_new_tokens_cap:
+            raise InvalidOptions(
+                f"SynthesizeOptions: margin_frames ({self.margin_frames}) must not exceed max_new_tokens_cap "
+                f"({self.max_new_tokens_cap})"
             )
-        if not 1 <= self.batch_size <= 256:
-            raise ValueError(f"batch_size must be between 1 and 256, got {self.batch_size}")
-        if not 0 <= self.seed < 2**32 - 2**20:
-            raise ValueError(f"seed must be between 0 and 2**32 - 2**20, got {self.seed}")
-        if not 10 <= self.max_chars <= 2000:
-            raise ValueError(f"max_chars must be between 10 and 2000, got {self.max_chars}")
-        if not 0 <= self.crossfade_s <= 1:
-            raise ValueError(f"crossfade_s must be between 0 and 1 second, got {self.crossfade_s}")
-        if not 0 < self.frames_per_char <= 50:
-            raise ValueError(f"frames_per_char must be in (0, 50], got {self.frames_per_char}")
-        if not 2 <= self.margin_frames <= self.max_new_tokens_cap <= 8192:
-            raise ValueError(
-                f"need 2 <= margin_frames <= max_new_tokens_cap <= 8192, got {self.margin_frames} and "
-                f"{self.max_new_tokens_cap}"
-            )
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError(f"temperature must be positive or None, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-        if not 0 <= self.quality_retries <= 10:
-            raise ValueError(f"quality_retries must be between 0 and 10, got {self.quality_retries}")
 
     def model_name(self, mode: Mode) -> str:
         """The model this mode runs: ``model``, else the mode's default."""
@@ -231,21 +219,17 @@ class SynthesizeOptions:
 
 
 @dataclass(frozen=True)
-class VoicePromptOptions:
+class VoicePromptOptions(Options):
     """What a voice-clone prompt depends on besides the reference and its transcript."""
 
     model: Annotated[
-        str, Field(min_length=1, description="The Base model (repo id or folder name) the prompt is for.")
+        str,
+        Field(min_length=1, description="The Base model (repo id or folder name) the prompt is for."),
+        AfterValidator(repo_or_folder),
     ] = DEFAULT_MODELS["clone"]
     x_vector_only: Annotated[
         bool, Field(description="The speaker embedding only (no transcript, no reference codes).")
     ] = False
-
-    def __post_init__(self) -> None:
-        if not self.model.strip() or self.model.startswith("."):
-            raise ValueError(
-                f"model must be a repo id such as {DEFAULT_MODELS['clone']!r} or a folder name, got {self.model!r}"
-            )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,7 +390,7 @@ def model_revision(name: str, model_dir: str | Path | None = None) -> str:
 
 def supported_languages(model: Qwen3TTSModel) -> list[str]:
     """The languages ``model`` speaks (lower case, with ``auto``), sorted."""
-    return sorted(model.get_supported_languages() or ["auto"])
+    return sorted(model.get_supported_languages() or [AUTO_LANGUAGE])
 
 
 def supported_speakers(model: Qwen3TTSModel) -> list[str]:

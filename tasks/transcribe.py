@@ -32,10 +32,10 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.refs import ArtifactRef
@@ -54,6 +54,7 @@ from voxflow.tasks.kit.models import (
     hub_errors,
     register_model_source,
 )
+from voxflow.tasks.kit.options import Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio, read_bytes, source_sha256_of, write_artifact
 from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
@@ -78,6 +79,16 @@ Backend = Literal["whisper", "faster-whisper"]
 Hook = Callable[[int, int], None]
 
 
+AUTO_LANGUAGE = "auto"  # detect the language
+
+
+def whisper_language(value: str) -> str:
+    """A validator: ``auto`` or one of whisper's language codes."""
+    if value != AUTO_LANGUAGE and value not in whisper_languages():
+        raise ValueError(f"must be 'auto' or a whisper language code ({', '.join(sorted(whisper_languages()))})")
+    return value
+
+
 def whisper_languages() -> dict[str, str]:
     """Whisper's language codes and names (``whisper.tokenizer.LANGUAGES``)."""
     from whisper.tokenizer import LANGUAGES
@@ -86,7 +97,7 @@ def whisper_languages() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class TranscribeOptions:
+class TranscribeOptions(Options):
     """How speech becomes segments and words."""
 
     model: Annotated[
@@ -99,8 +110,10 @@ class TranscribeOptions:
         Backend, Field(description="Decoder: openai-whisper (PyTorch) or faster-whisper (CTranslate2).")
     ] = "whisper"
     language: Annotated[
-        str, Field(description="Whisper language code, or 'auto': detected once on the first speech chunk.")
-    ] = "auto"
+        str,
+        Field(description="Whisper language code, or 'auto': detected once on the first speech chunk."),
+        AfterValidator(whisper_language),
+    ] = AUTO_LANGUAGE
     chunk_s: Annotated[
         float, Field(gt=0, le=WINDOW_S, description="Longest speech chunk decoded as one window, seconds.")
     ] = 30.0
@@ -119,25 +132,6 @@ class TranscribeOptions:
     vad_pad_s: Annotated[float, Field(ge=0, description="Padding added to each side of a speech region, seconds.")] = (
         0.03
     )
-
-    def __post_init__(self) -> None:
-        if self.backend not in get_args(Backend):
-            raise ValueError(f"backend must be one of {get_args(Backend)}, got {self.backend!r}")
-        if self.language != "auto" and self.language not in whisper_languages():
-            codes = ", ".join(sorted(whisper_languages()))
-            raise ValueError(f"language must be 'auto' or a whisper language code ({codes}), got {self.language!r}")
-        if not 0 < self.chunk_s <= WINDOW_S:
-            raise ValueError(f"chunk_s must be in (0, {WINDOW_S}] seconds (whisper's window), got {self.chunk_s}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_TOKENS:
-            raise ValueError(f"max_tokens must be None or between 1 and {MAX_TOKENS}, got {self.max_tokens}")
-        if not 0 < self.vad_threshold < 1:
-            raise ValueError(f"vad_threshold must be between 0 and 1, got {self.vad_threshold}")
-        if self.vad_min_silence_s < 0 or self.vad_pad_s < 0:
-            raise ValueError(
-                f"vad_min_silence_s and vad_pad_s must be >= 0, got {self.vad_min_silence_s}, {self.vad_pad_s}"
-            )
 
 
 @dataclass(frozen=True)
@@ -660,9 +654,9 @@ def decode_chunks(
     states = [_Chunk(span, (span.end - span.start) // HOP_LENGTH) for span in chunks]
     states = [s for s in states if s.frames > 0]
     if not states:
-        return Transcript(None if options.language == "auto" else options.language, ())
+        return Transcript(None if options.language == AUTO_LANGUAGE else options.language, ())
     with torch.no_grad():
-        language = steps.detect_language(samples, states[0]) if options.language == "auto" else options.language
+        language = steps.detect_language(samples, states[0]) if options.language == AUTO_LANGUAGE else options.language
         tokenizer = steps.start(language, options)
         total, done, pending = sum(s.frames for s in states), 0, states
         while pending:  # one round per window position: most chunks need one window

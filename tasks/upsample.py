@@ -54,7 +54,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from voxflow.tasks.kit.models import (
     MODEL_DIR_ENV,
@@ -65,6 +65,7 @@ from voxflow.tasks.kit.models import (
     hub_errors,
     register_model_source,
 )
+from voxflow.tasks.kit.options import Options, model_name
 from voxflow.tasks.kit.runs import halving_batch_on_oom
 
 if TYPE_CHECKING:
@@ -92,12 +93,13 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class UpsampleOptions:
+class UpsampleOptions(Options):
     """Which NoVaSR runs and how a long file is cut into chunks."""
 
     model: Annotated[
         str,
         Field(min_length=1, description="novasr (the official weights), or <name> of a <model dir>/novasr/<name>.bin."),
+        AfterValidator(model_name),
     ] = DEFAULT_MODEL
     chunk_s: Annotated[
         float,
@@ -118,14 +120,6 @@ class UpsampleOptions:
     half: Annotated[
         bool, Field(description="float16 on CUDA (faster, about 1e-3 from float32); the CPU always runs float32.")
     ] = False
-
-    def __post_init__(self) -> None:
-        if not self.model or "/" in self.model or "\\" in self.model or self.model.startswith("."):
-            raise ValueError(f"model must be a model name such as {DEFAULT_MODEL!r}, got {self.model!r}")
-        if not 0.0 < self.chunk_s <= 600.0:
-            raise ValueError(f"chunk_s must be in (0, 600], got {self.chunk_s}")
-        if not 1 <= self.batch_size <= 256:
-            raise ValueError(f"batch_size must be between 1 and 256, got {self.batch_size}")
 
 
 # ---- the architecture ----------------------------------------------------------------------------

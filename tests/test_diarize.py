@@ -163,10 +163,14 @@ def test_a_pipeline_that_pyannote_cannot_load_is_a_model_not_found(tmp_path, mon
     [
         ({"min_speakers": 3, "max_speakers": 2}, "must not exceed max_speakers"),
         ({"num_speakers": 2, "max_speakers": 3}, "not both"),
-        ({"num_speakers": 0}, "num_speakers must be a whole number >= 1"),
-        ({"max_speakers": -1}, "max_speakers must be a whole number >= 1"),
-        ({"embedding_batch_size": 0}, "embedding_batch_size must be between 1 and 1024"),
-        ({"model": " "}, "model must name a pipeline"),
+        ({"num_speakers": 0}, "DiarizeOptions.num_speakers: Input should be greater than or equal to 1"),
+        ({"max_speakers": -1}, "DiarizeOptions.max_speakers: Input should be greater than or equal to 1"),
+        ({"num_speakers": 2.5}, "DiarizeOptions.num_speakers: Input should be a valid integer"),
+        (
+            {"embedding_batch_size": 0},
+            "DiarizeOptions.embedding_batch_size: Input should be greater than or equal to 1",
+        ),
+        ({"model": " "}, "DiarizeOptions.model: must not be blank"),
     ],
 )
 def test_invalid_options_fail_with_one_line(fields, message):

@@ -436,10 +436,10 @@ def test_the_one_pass_denoise_equals_the_denoise_stage_and_a_long_line_takes_its
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"output_rate_hz": 4000}, "output_rate_hz must be between 8000 and 192000"),
-        ({"sr": {"chunk_s": 0.0}}, "chunk_s must be in"),
-        ({"sr": {"batch_size": 0}}, "batch_size must be between 1 and 256"),
-        ({"sr": {"model": "../novasr"}}, "model must be a model name"),
+        ({"output_rate_hz": 4000}, "EnhanceOptions.output_rate_hz: Input should be greater than or equal to 8000"),
+        ({"sr": {"chunk_s": 0.0}}, "UpsampleOptions.chunk_s: Input should be greater than 0"),
+        ({"sr": {"batch_size": 0}}, "UpsampleOptions.batch_size: Input should be greater than or equal to 1"),
+        ({"sr": {"model": "../novasr"}}, "UpsampleOptions.model: must be a model name, not a path"),
     ],
 )
 def test_invalid_options_fail_with_one_line(change, message):

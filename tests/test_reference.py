@@ -219,13 +219,13 @@ def test_a_long_reference_is_cut_at_a_quiet_pause_before_max_s(model, lj):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"sample_rate_hz": 4000}, "sample_rate_hz must be between"),
-        ({"loudness_lufs": 0.0}, "loudness_lufs must be between"),
-        ({"trim_threshold_db": 0.0}, "trim_threshold_db must be in"),
-        ({"min_speech_s": 0.1}, "min_speech_s must be at least 0.5"),
+        ({"sample_rate_hz": 4000}, "ReferenceOptions.sample_rate_hz: Input should be greater than or equal to 8000"),
+        ({"loudness_lufs": 0.0}, "ReferenceOptions.loudness_lufs: Input should be less than or equal to -5"),
+        ({"trim_threshold_db": 0.0}, "ReferenceOptions.trim_threshold_db: Input should be greater than 0"),
+        ({"min_speech_s": 0.1}, "ReferenceOptions.min_speech_s: Input should be greater than or equal to 0.5"),
         ({"min_speech_s": 10.0, "max_s": 10.0}, r"min_speech_s \+ trim_pad_s \(10.1\) must be shorter than max_s"),
-        ({"silence_dbfs": 3.0}, "silence_dbfs must be in"),
-        ({"clipped_fraction": 2.0}, "clipped_fraction must be between"),
+        ({"silence_dbfs": 3.0}, "ReferenceOptions.silence_dbfs: Input should be less than 0"),
+        ({"clipped_fraction": 2.0}, "ReferenceOptions.clipped_fraction: Input should be less than or equal to 1"),
     ],
 )
 def test_invalid_options_fail_with_one_line(change, message):

@@ -271,11 +271,11 @@ def test_batch_size_defaults_to_one_on_a_cpu_and_four_on_a_gpu():
 
 
 def test_bad_options_and_inputs_fail_with_the_reason(model):
-    with pytest.raises(ValueError, match="overlap must be in"):
+    with pytest.raises(ValueError, match="SeparateOptions.overlap: Input should be less than 1"):
         SeparateOptions(overlap=1.0)
-    with pytest.raises(ValueError, match="batch_size must be"):
+    with pytest.raises(ValueError, match="SeparateOptions.batch_size: Input should be"):
         SeparateOptions(batch_size=0)
-    with pytest.raises(ValueError, match="segment_s must be positive"):
+    with pytest.raises(ValueError, match="SeparateOptions.segment_s: Input should be greater than 0"):
         SeparateOptions(segment_s=0.0)
     tone = np.sin(np.arange(44_100, dtype=np.float32) / 10.0)[None]
     with pytest.raises(ValueError, match="longer than the transformer model was trained for"):

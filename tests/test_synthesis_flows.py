@@ -272,7 +272,7 @@ def test_voxflow_clone_and_synth_commands(tmp_path, use_store, models_env, monke
 
 
 def test_speech_options_reject_bad_values():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="SpeechOptions.output_rate_hz: Input should be greater than or equal to 8000"):
         SpeechOptions(output_rate_hz=100)
     assert SpeechOptions().reference_options() == ReferenceOptions()
     assert SpeechOptions(run_pre_processing=False).reference_options().process is False

@@ -445,13 +445,16 @@ def test_check_speech_names_each_kind_of_failure():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be between 1 and 256"),
-        ({"max_chars": 5}, "max_chars must be between 10 and 2000"),
-        ({"crossfade_s": -0.1}, "crossfade_s must be between 0 and 1 second"),
-        ({"margin_frames": 100, "max_new_tokens_cap": 50}, "need 2 <= margin_frames <= max_new_tokens_cap"),
-        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ({"quality_retries": 11}, "quality_retries must be between 0 and 10"),
-        ({"model": " "}, "model must be a repo id"),
+        ({"batch_size": 0}, "SynthesizeOptions.batch_size: Input should be greater than or equal to 1"),
+        ({"max_chars": 5}, "SynthesizeOptions.max_chars: Input should be greater than or equal to 10"),
+        ({"crossfade_s": -0.1}, "SynthesizeOptions.crossfade_s: Input should be greater than or equal to 0"),
+        (
+            {"margin_frames": 100, "max_new_tokens_cap": 50},
+            r"margin_frames \(100\) must not exceed max_new_tokens_cap \(50\)",
+        ),
+        ({"top_p": 1.5}, "SynthesizeOptions.top_p: Input should be less than or equal to 1"),
+        ({"quality_retries": 11}, "SynthesizeOptions.quality_retries: Input should be less than or equal to 10"),
+        ({"model": " "}, "SynthesizeOptions.model: must be a repo id"),
     ],
 )
 def test_invalid_options_fail_with_one_line(change, message):

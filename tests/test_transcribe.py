@@ -363,9 +363,9 @@ def test_srt_vtt_json_and_printed_lines():
 
 
 def test_options_are_validated_with_clear_errors():
-    with pytest.raises(ValueError, match="language must be 'auto' or a whisper language code .*en, .*got 'english'"):
+    with pytest.raises(ValueError, match="language: must be 'auto' or a whisper language code .*en, .*got 'english'"):
         TranscribeOptions(language="english")
-    with pytest.raises(ValueError, match="chunk_s must be in"):
+    with pytest.raises(ValueError, match="TranscribeOptions.chunk_s: Input should be less than or equal to 30"):
         TranscribeOptions(chunk_s=31)
     with pytest.raises(ValueError, match="batch_size"):
         TranscribeOptions(batch_size=0)

@@ -25,8 +25,12 @@ from __future__ import annotations
 import math
 import unicodedata
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+
+from voxflow.tasks.kit.options import Options
 
 EMPTY, SILENT, CLIPPED, TRUNCATED = "empty", "silent", "clipped", "truncated"
 ISSUES = (EMPTY, SILENT, CLIPPED, TRUNCATED)
@@ -35,34 +39,31 @@ CJK_CHARS_PER_S = 4.5  # Chinese characters, kana or hangul syllables per second
 
 
 @dataclass(frozen=True)
-class QualityThresholds:
+class QualityThresholds(Options):
     """Where each check draws its line (levels in dBFS or linear full scale, times in seconds)."""
 
-    min_duration_s: float = 0.1  # shorter: "empty"
-    silent_rms_dbfs: float = -50.0  # RMS of the whole line below this: "silent"
-    clip_level: float = 0.999  # |sample| at or above this counts as clipped
-    clipped_fraction: float = 0.001  # more than this share of clipped samples: "clipped"
-    min_duration_ratio: float = 0.4  # shorter than this share of the expected duration: "truncated"
-    frame_s: float = 0.02  # frames the level is measured in
-    end_window_s: float = 0.05  # the end of the line whose level is compared with the loud frames
-    loud_percentile: float = 90.0  # the level of "the loud part of the line"
-    end_level_ratio: float | None = 0.8  # end RMS at or above this share of it: "truncated"; None: not checked
-
-    def __post_init__(self) -> None:
-        if self.min_duration_s < 0 or self.frame_s <= 0 or self.end_window_s <= 0:
-            raise ValueError("min_duration_s must be >= 0 and frame_s, end_window_s > 0 seconds")
-        if not 0 < self.clip_level <= 1 or not 0 <= self.clipped_fraction < 1:
-            raise ValueError(
-                f"clip_level must be in (0, 1] and clipped_fraction in [0, 1), got {self.clip_level}, "
-                f"{self.clipped_fraction}"
-            )
-        if not 0 <= self.min_duration_ratio < 1 or not 0 < self.loud_percentile <= 100:
-            raise ValueError(
-                f"min_duration_ratio must be in [0, 1) and loud_percentile in (0, 100], got "
-                f"{self.min_duration_ratio}, {self.loud_percentile}"
-            )
-        if self.end_level_ratio is not None and self.end_level_ratio <= 0:
-            raise ValueError(f"end_level_ratio must be positive or None, got {self.end_level_ratio}")
+    min_duration_s: Annotated[float, Field(ge=0, description="Shorter: empty.")] = 0.1
+    silent_rms_dbfs: Annotated[float, Field(le=0, description="RMS of the whole line below this: silent.")] = -50.0
+    clip_level: Annotated[float, Field(gt=0, le=1, description="A |sample| at or above this counts as clipped.")] = (
+        0.999
+    )
+    clipped_fraction: Annotated[
+        float, Field(ge=0, lt=1, description="More than this share of clipped samples: clipped.")
+    ] = 0.001
+    min_duration_ratio: Annotated[
+        float, Field(ge=0, lt=1, description="Shorter than this share of the expected duration: truncated.")
+    ] = 0.4
+    frame_s: Annotated[float, Field(gt=0, description="Frames the level is measured in.")] = 0.02
+    end_window_s: Annotated[
+        float, Field(gt=0, description="The end of the line whose level is compared with the loud frames.")
+    ] = 0.05
+    loud_percentile: Annotated[
+        float, Field(gt=0, le=100, description="The level of the loud part of the line (a percentile of frames).")
+    ] = 90.0
+    end_level_ratio: Annotated[
+        float | None,
+        Field(gt=0, description="End RMS at or above this share of the loud level: truncated; None: not checked."),
+    ] = 0.8
 
 
 def is_cjk(char: str) -> bool:
