@@ -14,19 +14,21 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import environment
-from voxflow.flows.ingest import MAX_THREADS
+from voxflow.flows.pipelines import MAX_THREADS
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, SynthesisRequest
 
 
-@flow(name="clone_enhanced", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.CLONE_ENHANCED.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def clone_enhanced(
     reference: str,
     lines: Annotated[list[str], Field(min_length=1)],
     language: str = AUTO_LANGUAGE,
     transcript: str | None = None,
     options: SpeechOptions = SpeechOptions(),
+    output_dir: str | None = None,
     storage_block: str | None = None,
     models_block: str | None = None,
 ) -> SynthesisReport:
@@ -38,6 +40,7 @@ def clone_enhanced(
         language: Language of the lines (e.g. English, Chinese) or auto.
         transcript: What the reference says; empty: transcribed with Whisper.
         options: The switches (pre-processing, post-processing, upsampling), consent note and each step's options.
+        output_dir: Also copy the finished WAVs into this folder (line-000.wav, ...) on the machine running the flow.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
@@ -46,4 +49,6 @@ def clone_enhanced(
     request = SynthesisRequest("clone", items_of(lines, language))
     speech = speak(request, voice, options, env, voice.futures)  # 5
     finished = enhance_lines(speech, options, env, voice.futures)  # 6
-    return finish(finished, [reference] * len(finished), options, env, voice.futures, "clone-enhanced")  # 7
+    return finish(
+        finished, [reference] * len(finished), options, env, voice.futures, registry.CLONE_ENHANCED.name, output_dir
+    )  # 7

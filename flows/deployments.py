@@ -1,27 +1,60 @@
-"""Deployments of every flow, for ``voxflow serve`` (flow.serve, no work pool needed).
+"""Deployments of every flow in the registry: served by ``voxflow serve`` (``flow.serve``, no work pool)
+and written to ``prefect.yaml`` for the work-pool route (``prefect deploy --all``).
 
-``prefect.yaml`` declares the same deployments for the work-pool route (``prefect deploy``).
-``ingest-folder`` runs on a cron schedule (every 10 minutes by default) over the inbox folder or
-bucket prefix; every deployment can also be run on demand from the UI's parameter form.
+``prefect.yaml`` is generated from :data:`~voxflow.flows.registry.FLOWS` (``python -m
+voxflow.flows.deployments > prefect.yaml``; a test checks it is current). ``ingest-folder`` runs on a
+cron schedule (every 10 minutes by default) over the inbox folder or bucket prefix, one run at a time;
+every deployment can also be run on demand from the UI's parameter form.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.schedules import Cron, Interval
+import yaml
 
-from voxflow.flows.clone_enhanced import clone_enhanced
-from voxflow.flows.ingest import ingest
-from voxflow.flows.ingest_folder import SCHEDULE_CRON, ingest_folder
-from voxflow.flows.lipsync_features import lipsync_features
-from voxflow.flows.separate import separate
-from voxflow.flows.synthesize import synthesize
-from voxflow.flows.transcribe import transcribe
+from voxflow.flows.registry import FLOWS, FlowEntry
 
 DEFAULT_INBOX = "inbox"
+WORK_POOL = "voxflow"
+YAML_HEADER = """\
+# Generated from flows/registry.py by `python -m voxflow.flows.deployments > prefect.yaml`: edit the
+# registry, not this file (tests/test_registry.py checks that they agree).
+#
+# Deployments for the work-pool route (see README "Scaling out"):
+#   prefect work-pool create voxflow --type process
+#   prefect deploy --all              # from this folder
+#   prefect worker start --pool voxflow   # on each machine
+# `voxflow serve` serves the same flows without a work pool.
+"""
+
+
+def _concurrency() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def deployment(entry: FlowEntry, inbox: str, cron: str | None = None, interval_s: float | None = None) -> Any:
+    """The served deployment of one flow; a scheduled flow gets ``cron`` (its default) or ``interval_s``."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron, Interval
+
+    options: dict[str, Any] = {}
+    if entry.inbox_parameter:
+        options["parameters"] = {**entry.parameters, entry.inbox_parameter: inbox}
+    if entry.cron:
+        options["schedule"] = Interval(interval_s) if interval_s else Cron(cron or entry.cron)
+    if entry.one_run_at_a_time:  # a tick that finds the previous run still working is cancelled
+        options["concurrency_limit"] = _concurrency()
+    return entry.load().to_deployment(
+        name=entry.name,
+        description=entry.description,
+        tags=list(entry.tags),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        **options,
+    )
 
 
 def deployments(inbox: str | None = None, cron: str | None = None, interval_s: float | None = None) -> list:
@@ -30,49 +63,40 @@ def deployments(inbox: str | None = None, cron: str | None = None, interval_s: f
     if cron and interval_s:
         raise ValueError("give the ingest-folder schedule as a cron expression or an interval, not both")
     inbox = inbox or os.environ.get("VOXFLOW_INBOX") or os.path.abspath(DEFAULT_INBOX)
-    return [
-        ingest.to_deployment(
-            name="ingest",
-            description="Decode, measure and store audio files as 16 kHz mono WAV (files, artifacts, stage_runs rows).",
-            tags=["voxflow"],
-        ),
-        transcribe.to_deployment(
-            name="transcribe",
-            description="Speaker-labelled transcripts: ingest, optional separate/denoise, diarize, transcribe.",
-            tags=["voxflow", "gpu"],
-        ),
-        separate.to_deployment(
-            name="separate",
-            description="Vocals and accompaniment of each file with Demucs, at the file's own sample rate.",
-            tags=["voxflow", "gpu"],
-        ),
-        lipsync_features.to_deployment(
-            name="lipsync-features",
-            description="80-bin log-mel windows per video frame for lip-sync models, with their index.",
-            tags=["voxflow"],
-        ),
-        clone_enhanced.to_deployment(
-            name="clone-enhanced",
-            description="Speak lines in a reference recording's voice (Qwen3-TTS clone), denoised and upsampled to 48 kHz.",
-            tags=["voxflow", "gpu"],
-        ),
-        synthesize.to_deployment(
-            name="synthesize",
-            description="Batch text-to-speech: designed voices, built-in speakers or clones; one WAV and syntheses row per item.",
-            tags=["voxflow", "gpu"],
-        ),
-        ingest_folder.to_deployment(
-            name="ingest-folder",
-            description="Run a flow on every file of a folder or s3:// prefix not yet processed with its parameters.",
-            tags=["voxflow"],
-            schedule=Interval(interval_s) if interval_s else Cron(cron or SCHEDULE_CRON),
-            # a tick that finds the previous run still working is cancelled: the next tick takes what is left
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-            parameters={"source": inbox},
-        ),
-    ]
+    return [deployment(entry, inbox, cron, interval_s) for entry in FLOWS]
 
 
 def serve_all(inbox: str | None = None, cron: str | None = None, interval_s: float | None = None) -> None:
     """Serve every deployment from this process until interrupted."""
+    from prefect import serve
+
     serve(*deployments(inbox, cron, interval_s))
+
+
+def prefect_yaml() -> str:
+    """The ``prefect.yaml`` of every flow in the registry, on the ``voxflow`` process work pool."""
+    from importlib.metadata import version
+
+    declared = []
+    for entry in FLOWS:
+        item: dict[str, Any] = {"name": entry.name, "entrypoint": entry.entrypoint, "description": entry.description}
+        item["tags"] = list(entry.tags)
+        if entry.parameters:
+            item["parameters"] = entry.parameters
+        if entry.cron:
+            item["schedules"] = [{"cron": entry.cron}]
+        if entry.one_run_at_a_time:
+            item["concurrency_limit"] = {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+        item["work_pool"] = {"name": WORK_POOL}
+        declared.append(item)
+    body = {"name": "voxflow", "prefect-version": version("prefect"), "build": None, "push": None, "pull": None}
+    text = (
+        yaml.safe_dump(body, sort_keys=False, width=1000)
+        + "\n"
+        + yaml.safe_dump({"deployments": declared}, sort_keys=False, width=1000)
+    )
+    return YAML_HEADER + text
+
+
+if __name__ == "__main__":
+    print(prefect_yaml(), end="")

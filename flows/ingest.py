@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from typing import Annotated
-
 from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import Environment
-from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
-from voxflow.tasks.ingest import CODE_VERSION, STAGE, IngestOptions, ingest_file
-
-DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
-MAX_THREADS = 32  # the task runner's bound; parallelism is set per run by ``parallel_files``
+from voxflow.flows.pipelines import (
+    DEFAULT_PARALLEL_FILES,
+    MAX_THREADS,
+    FilePipeline,
+    ParallelFiles,
+    RunReport,
+    run_pipeline,
+)
+from voxflow.tasks import ingest as ingestion
+from voxflow.tasks.ingest import STAGE, IngestOptions, ingest_file
 
 
 def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> dict[str, PrefectFuture]:
@@ -23,14 +25,14 @@ def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> 
     return {STAGE: env.stage(ingest_file).submit(source_uri, options, env.settings)}
 
 
-INGEST = register(FilePipeline("ingest", (STAGE,), IngestOptions, submit_ingest, version=f"{STAGE}:{CODE_VERSION}"))
+PIPELINE = FilePipeline.of_stages(registry.INGEST.name, IngestOptions, submit_ingest, ingestion)
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.INGEST.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def ingest(
     paths: list[str],
     options: IngestOptions = IngestOptions(),
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
 ) -> RunReport:
     """Decode, measure and store each file as 16 kHz mono float WAV with files/artifacts/stage_runs rows.
@@ -41,4 +43,4 @@ def ingest(
         parallel_files: How many files are processed at once.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
     """
-    return run_pipeline(INGEST, paths, options, parallel_files, storage_block)  # ingest each file
+    return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block)  # ingest each file

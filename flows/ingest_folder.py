@@ -8,22 +8,22 @@ one runs again, and a file that failed for a reason that may heal (a timeout, a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 
-from voxflow.flows import lipsync_features, separate, transcribe  # noqa: F401  (each registers its per-file pipeline)
+from voxflow.flows import registry
 from voxflow.flows.environment import environment
-from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
 from voxflow.flows.pipelines import (
-    PIPELINES,
+    DEFAULT_PARALLEL_FILES,
+    MAX_THREADS,
     FileOutcome,
     FilePipeline,
     FilesFailed,
+    ParallelFiles,
     RunReport,
     processed_rows,
     run_files,
@@ -33,9 +33,6 @@ from voxflow.storage.catalog import Catalog
 from voxflow.storage.sources import SourceEntry, list_sources
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
-
-PipelineName = Literal["ingest", "transcribe", "separate", "lipsync_features"]  # registered in voxflow.flows.pipelines
-SCHEDULE_CRON = "*/10 * * * *"  # the deployment's default: every 10 minutes
 
 
 def unprocessed(
@@ -62,13 +59,13 @@ def _final_state(report: RunReport) -> State | RunReport:
     )
 
 
-@flow(name="ingest-folder", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.INGEST_FOLDER.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def ingest_folder(
     source: str,
     pattern: str = "*",
-    pipeline: PipelineName = "ingest",
+    pipeline: registry.PerFileFlow = registry.INGEST.name,
     params: dict[str, Any] | None = None,
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
     models_block: str | None = None,
 ) -> RunReport:
@@ -84,12 +81,12 @@ def ingest_folder(
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     env = environment(storage_block, models_block)  # 1. choose the store and the models
-    chosen = PIPELINES[pipeline]
+    chosen = registry.flow_entry(pipeline).pipeline()
     options = chosen.options(params or {})  # 2. validate the chosen flow's parameters
     entries = list_sources([source], env.settings, SUPPORTED_FORMATS, pattern)  # 3. list the folder
     catalog = Catalog(shared_store(env.settings))
     todo, done_before = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files
-    progress = Progress("ingest-folder", len(todo))
+    progress = Progress(registry.INGEST_FOLDER.name, len(todo))
     outcomes = run_files(chosen, [e.uri for e in todo], options, env, parallel_files, progress)  # 5. run them
     catalog.append("processed", processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6. record
     report = RunReport(outcomes + [FileOutcome(e.uri, "skipped") for e in done_before])

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
 
 from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import Environment
-from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.flows.pipelines import (
+    DEFAULT_PARALLEL_FILES,
+    MAX_THREADS,
+    FilePipeline,
+    ParallelFiles,
+    RunReport,
+    run_pipeline,
+)
 from voxflow.tasks import ingest, lipsync
 from voxflow.tasks.ingest import IngestOptions, ingest_file
 from voxflow.tasks.kit.options import Options
@@ -34,22 +39,14 @@ def submit_lipsync(source_uri: str, options: LipsyncFlowOptions, env: Environmen
     return {"ingest": speech, lipsync.STAGE: env.stage(features_task).submit(speech, options.features, env.settings)}
 
 
-LIPSYNC = register(
-    FilePipeline(
-        "lipsync_features",
-        (ingest.STAGE, lipsync.STAGE),
-        LipsyncFlowOptions,
-        submit_lipsync,
-        version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{lipsync.STAGE}:{lipsync.CODE_VERSION}",
-    )
-)
+PIPELINE = FilePipeline.of_stages(registry.LIPSYNC_FEATURES.name, LipsyncFlowOptions, submit_lipsync, ingest, lipsync)
 
 
-@flow(name="lipsync-features", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.LIPSYNC_FEATURES.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def lipsync_features(
     paths: list[str],
     options: LipsyncFlowOptions = LipsyncFlowOptions(),
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
 ) -> RunReport:
     """80-bin log-mel windows per video frame (features.npy) and their index (windows.parquet) per file.
@@ -60,4 +57,4 @@ def lipsync_features(
         parallel_files: How many files are processed at once.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
     """
-    return run_pipeline(LIPSYNC, paths, options, parallel_files, storage_block)
+    return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block)

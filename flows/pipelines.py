@@ -1,39 +1,57 @@
 """Per-file pipelines: the chain of stage tasks a flow runs on one file, and running it over many files.
 
-A flow registers its per-file chain here (:func:`register`), so ``ingest_folder`` can run any flow
-on each new file of a folder without a subflow per file (subflows cost ~1 s each): the files' stage
-tasks are submitted straight to the flow's task runner, at most ``parallel_files`` files at a time.
+A per-file flow's module defines its chain as ``PIPELINE`` (a :class:`FilePipeline`), so
+``ingest_folder`` can run any such flow on each new file of a folder without a subflow per file
+(subflows cost ~1 s each): the files' stage tasks are submitted straight to the flow's task runner,
+at most ``parallel_files`` files at a time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Annotated, Any
 
 from prefect.futures import PrefectFuture, as_completed
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from voxflow.flows.environment import Environment, environment
 from voxflow.flows.reporting import Progress, publish_table
+from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import SourceEntry, expand_sources
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 from voxflow.tasks.kit.caching import params_hash
 from voxflow.tasks.kit.runs import failed_stage, failure_reason, is_transient
 from voxflow.tasks.kit.stage import artifact_refs
 
+MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
+DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
+ParallelFiles = Annotated[int, Field(ge=1, le=MAX_THREADS)]  # the flows' ``parallel_files`` parameter
+Submit = Callable[[str, Any, Environment], dict[str, PrefectFuture]]
+Describe = Callable[[Any, StoreSettings], tuple[str, ...]]
+
 
 @dataclass(frozen=True)
 class FilePipeline:
     """How one flow processes one file."""
 
-    name: str
+    name: str  # the flow's name (its registry entry's)
     stages: tuple[str, ...]  # every stage it can run, in order (options may leave some out)
     options_type: type  # the flow's options (a frozen dataclass or pydantic model)
-    # submits the file's stage tasks in order; returns their futures by stage (the last one is the result)
-    submit: Callable[[str, Any, Environment], dict[str, PrefectFuture]]
+    submit: Submit  # submits the file's stage tasks in order; their futures by stage (the last one is the result)
     version: str  # changes when any of its stages' code versions change
+    describe: Describe | None = None  # lines the command line prints of a file's result (read where the flow runs)
+
+    @classmethod
+    def of_stages(
+        cls, name: str, options_type: type, submit: Submit, *stages: ModuleType, describe: Describe | None = None
+    ) -> FilePipeline:
+        """A pipeline over stage modules (each with ``STAGE`` and ``CODE_VERSION``), its version from theirs."""
+        version = ",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in stages)
+        return cls(name, tuple(m.STAGE for m in stages), options_type, submit, version, describe)
 
     def options(self, params: dict[str, Any] | Any) -> Any:
         """The options from flow parameters, with a one-line error naming the pipeline."""
@@ -53,14 +71,6 @@ class FilePipeline:
         return params_hash({"pipeline": self.name, "options": options}, code_version=self.version)
 
 
-PIPELINES: dict[str, FilePipeline] = {}
-
-
-def register(pipeline: FilePipeline) -> FilePipeline:
-    PIPELINES[pipeline.name] = pipeline
-    return pipeline
-
-
 @dataclass(frozen=True)
 class FileOutcome:
     """One file's outcome: ``done`` (some stage computed), ``cached`` (every stage a cache hit),
@@ -73,6 +83,7 @@ class FileOutcome:
     transient: bool = False
     stages: tuple[str, ...] = ()  # the stages that computed (not cache hits)
     failed_stage: str | None = None  # the stage that failed (None: before any stage ran)
+    lines: tuple[str, ...] = ()  # what the command line prints of the result (e.g. the transcript)
 
     @property
     def name(self) -> str:
@@ -145,7 +156,9 @@ def failed_outcome(source_uri: str, error: BaseException, stage: str | None = No
     )
 
 
-def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutcome:
+def file_outcome(
+    source_uri: str, futures: dict[str, PrefectFuture], pipeline: FilePipeline, settings: StoreSettings
+) -> FileOutcome:
     """The outcome of one file from its finished stage futures (by stage, in the order they ran)."""
     for stage, future in futures.items():
         if not future.state.is_completed():
@@ -154,8 +167,9 @@ def file_outcome(source_uri: str, futures: dict[str, PrefectFuture]) -> FileOutc
                 error = RuntimeError(future.state.message or future.state.name)
             return failed_outcome(source_uri, error, stage)
     computed = tuple(stage for stage, f in futures.items() if f.state.name != "Cached")
-    last = list(futures.values())[-1]
-    return FileOutcome(source_uri, "done" if computed else "cached", last.result(), stages=computed)
+    result = list(futures.values())[-1].result()
+    lines = pipeline.describe(result, settings) if pipeline.describe else ()
+    return FileOutcome(source_uri, "done" if computed else "cached", result, stages=computed, lines=lines)
 
 
 def run_files(
@@ -188,7 +202,7 @@ def run_files(
         source, futures = running.pop(finished)
         for future in futures.values():
             future.wait()
-        outcomes[source] = file_outcome(source, futures)
+        outcomes[source] = file_outcome(source, futures, pipeline, env.settings)
         progress(len(outcomes), len(sources))
         start_next()
     progress.close()

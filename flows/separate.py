@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
 
 from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import Environment
-from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.flows.pipelines import (
+    DEFAULT_PARALLEL_FILES,
+    MAX_THREADS,
+    FilePipeline,
+    ParallelFiles,
+    RunReport,
+    run_pipeline,
+)
 from voxflow.tasks import ingest
 from voxflow.tasks import separate as separation
 from voxflow.tasks.ingest import IngestOptions, ingest_file
@@ -37,22 +42,14 @@ def submit_separate(source_uri: str, options: SeparateFlowOptions, env: Environm
     }
 
 
-SEPARATE = register(
-    FilePipeline(
-        "separate",
-        (ingest.STAGE, separation.STAGE),
-        SeparateFlowOptions,
-        submit_separate,
-        version=f"{ingest.STAGE}:{ingest.CODE_VERSION},{separation.STAGE}:{separation.CODE_VERSION}",
-    )
-)
+PIPELINE = FilePipeline.of_stages(registry.SEPARATE.name, SeparateFlowOptions, submit_separate, ingest, separation)
 
 
-@flow(name="separate", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.SEPARATE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def separate(
     paths: list[str],
     options: SeparateFlowOptions = SeparateFlowOptions(),
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
     models_block: str | None = None,
 ) -> RunReport:
@@ -65,4 +62,4 @@ def separate(
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR.
     """
-    return run_pipeline(SEPARATE, paths, options, parallel_files, storage_block, models_block)
+    return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block, models_block)

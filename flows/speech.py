@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import task
@@ -98,6 +99,7 @@ class LineOutcome:
     attempts: int
     issues: tuple[str, ...]
     synthesis_id: str
+    path: str | None = None  # its copy in the flow's output_dir, when one was given
 
     def row(self) -> dict:
         return {
@@ -255,8 +257,9 @@ def finish(
     env: Environment,
     futures: dict[str, PrefectFuture],
     name: str,
+    output_dir: str | None = None,
 ) -> SynthesisReport:
-    """Step 7: record the rows, publish the summary table and return the report."""
+    """Step 7: record the rows, copy the WAVs to ``output_dir`` (when given), publish the table, return the report."""
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
     rows = synthesis_rows(finished, voice_sources, options, flow_run_id)
@@ -272,6 +275,7 @@ def finish(
             line.attempts,
             tuple(line.issues),
             row["synthesis_id"],
+            export_line(row["artifact_uri"], i, env.settings, output_dir) if output_dir else None,
         )
         for i, ((line, _), row) in enumerate(zip(finished, rows))
     ]
@@ -279,6 +283,15 @@ def finish(
     report = SynthesisReport(outcomes, computed)
     publish_table(f"{name}-lines", [o.row() for o in outcomes], report.summary())
     return report
+
+
+def export_line(uri: str, index: int, settings: Any, folder: str) -> str:
+    """Copy a finished line to ``<folder>/line-NNN.wav`` (on the machine running the flow); its path."""
+    store = shared_store(settings)
+    path = Path(folder).expanduser() / f"line-{index:03d}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(store.get_bytes(store.key_of(uri)))
+    return str(path)
 
 
 def items_of(lines: Sequence[str], language: str) -> tuple[SynthesisItem, ...]:

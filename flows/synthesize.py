@@ -16,8 +16,9 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import environment
-from voxflow.flows.ingest import MAX_THREADS
+from voxflow.flows.pipelines import MAX_THREADS
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, Mode, SynthesisItem, SynthesisRequest
 
@@ -58,12 +59,13 @@ def check_items(mode: Mode, items: list[SpeechItem]) -> None:
         raise ValueError(f"{mode} mode needs a {needs} on every item; item(s) {', '.join(map(str, missing))} have none")
 
 
-@flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.SYNTHESIZE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def synthesize(
     mode: Mode,
     items: Annotated[list[SpeechItem], Field(min_length=1)],
     language: str = AUTO_LANGUAGE,
     options: SpeechOptions = SpeechOptions(),
+    output_dir: str | None = None,
     storage_block: str | None = None,
     models_block: str | None = None,
 ) -> SynthesisReport:
@@ -74,6 +76,7 @@ def synthesize(
         items: The lines, each with its voice for the mode.
         language: Language of items that name none (e.g. English, Chinese) or auto.
         options: The switches (pre-processing of references, post-processing, upsampling), consent note, step options.
+        output_dir: Also copy the finished WAVs into this folder (line-000.wav, ...) on the machine running the flow.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
@@ -97,4 +100,6 @@ def synthesize(
     for key, indices in groups.items():  # 6. finish each line
         finished.update(zip(indices, enhance_lines(speeches[key], options, env, futures)))
     sources = [items[i].reference if mode == "clone" else None for i in range(len(items))]
-    return finish([finished[i] for i in range(len(items))], sources, options, env, futures, "synthesize")  # 7
+    return finish(
+        [finished[i] for i in range(len(items))], sources, options, env, futures, registry.SYNTHESIZE.name, output_dir
+    )  # 7

@@ -10,9 +10,17 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from voxflow.flows import registry
 from voxflow.flows.environment import Environment
-from voxflow.flows.ingest import DEFAULT_PARALLEL_FILES, MAX_THREADS
-from voxflow.flows.pipelines import FilePipeline, RunReport, register, run_pipeline
+from voxflow.flows.pipelines import (
+    DEFAULT_PARALLEL_FILES,
+    MAX_THREADS,
+    FilePipeline,
+    ParallelFiles,
+    RunReport,
+    run_pipeline,
+)
+from voxflow.storage.settings import StoreSettings
 from voxflow.tasks import denoise, diarize, ingest, separate
 from voxflow.tasks import transcribe as transcription
 from voxflow.tasks.denoise import DenoiseOptions, denoise_audio
@@ -62,23 +70,29 @@ def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Envi
     return futures
 
 
-STAGES = (ingest.STAGE, separate.STAGE, denoise.STAGE, diarize.STAGE, transcription.STAGE)
-TRANSCRIBE = register(
-    FilePipeline(
-        "transcribe",
-        STAGES,
-        TranscribeFlowOptions,
-        submit_transcribe,
-        version=",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in (ingest, separate, denoise, diarize, transcription)),
-    )
+def transcript_lines(result: transcription.TranscribeResult, settings: StoreSettings) -> tuple[str, ...]:
+    """``[SPEAKER_00 0:01.2] text`` per segment: what the command line prints of a file."""
+    return tuple(result.transcript_lines(settings))
+
+
+PIPELINE = FilePipeline.of_stages(
+    registry.TRANSCRIBE.name,
+    TranscribeFlowOptions,
+    submit_transcribe,
+    ingest,
+    separate,
+    denoise,
+    diarize,
+    transcription,
+    describe=transcript_lines,
 )
 
 
-@flow(name="transcribe", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@flow(name=registry.TRANSCRIBE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def transcribe(
     paths: list[str],
     options: TranscribeFlowOptions = TranscribeFlowOptions(),
-    parallel_files: Annotated[int, Field(ge=1, le=MAX_THREADS)] = DEFAULT_PARALLEL_FILES,
+    parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
     storage_block: str | None = None,
     models_block: str | None = None,
 ) -> RunReport:
@@ -91,4 +105,4 @@ def transcribe(
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
-    return run_pipeline(TRANSCRIBE, paths, options, parallel_files, storage_block, models_block)
+    return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block, models_block)

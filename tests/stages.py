@@ -19,7 +19,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from voxflow.flows.environment import Environment, environment
-from voxflow.flows.pipelines import FilePipeline, FilesFailed, RunReport, register, run_files
+from voxflow.flows.pipelines import FilePipeline, FilesFailed, RunReport, run_files
 from voxflow.flows.reporting import Progress
 from voxflow.storage.keys import artifact_key
 from voxflow.storage.refs import ArtifactRef
@@ -130,7 +130,7 @@ def submit_chain(source_uri: str, options: ChainOptions, env: Environment) -> di
     return {"ingest": first, "gain": second, "levels": env.stage(levels).submit(second, options.levels, env.settings)}
 
 
-CHAIN = register(FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainOptions, submit_chain, "test:1"))
+CHAIN = FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainOptions, submit_chain, "test:1")
 
 
 @flow(name="test-chain", task_runner=ThreadPoolTaskRunner(max_workers=16))

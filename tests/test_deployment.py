@@ -12,6 +12,7 @@ import pytest
 from tests import servers
 from tests.conftest import CORPUS
 from tests.servers import BIN, stop, wait_for
+from voxflow.flows.registry import FLOWS
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import LocalStore
 
@@ -155,16 +156,9 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
         [prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root, capture_output=True, text=True, timeout=300
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    for name in (
-        "ingest/ingest",
-        "ingest-folder/ingest-folder",
-        "transcribe/transcribe",
-        "separate/separate",
-        "lipsync-features/lipsync-features",
-        "clone_enhanced/clone-enhanced",
-        "synthesize/synthesize",
-    ):
-        assert _deployment(env["PREFECT_API_URL"], name)["work_pool_name"] == "voxflow"
+    for entry in FLOWS:  # prefect.yaml is generated from the registry
+        deployment = _deployment(env["PREFECT_API_URL"], f"{entry.name}/{entry.name}")
+        assert deployment["work_pool_name"] == "voxflow" and deployment["entrypoint"] == entry.entrypoint
     folder = _deployment(env["PREFECT_API_URL"], "ingest-folder/ingest-folder")
     assert folder["global_concurrency_limit"]["limit"] == 1
     assert folder["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
