@@ -21,7 +21,7 @@ The method (WhisperX's chunking, on the whisper library's own decoding and timin
 Memory: the whole track stays on the CPU as a NumPy array; a batch moves only its windows' audio
 to the model's device, where their log-mel, encoder output and tokens live until the batch ends.
 
-Outputs: ``transcript.json`` (the source of the others), ``transcript.srt``, ``transcript.vtt``,
+Outputs: ``transcript.json`` (the source of the others), ``transcript.srt``, ``.vtt``, ``.txt``, ``.tsv``,
 one ``segments`` catalog row per segment (its words as a list column).
 """
 
@@ -60,7 +60,7 @@ from voxflow.tasks.kit.runs import current_run, halving_batch_on_oom
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "transcribe"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: SRT/VTT by whisper's writers, TXT and TSV added
 LIBRARY = "whisper"
 FASTER_WHISPER_LIBRARY = "faster-whisper"
 DEFAULT_MODEL = "turbo"
@@ -73,7 +73,13 @@ PREPEND_PUNCTUATIONS = "\"'“¿([{-"  # merged into the next word (whisper's de
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"  # merged into the previous word (whisper's default)
 TIMESTAMP_FRAMES = 2  # mel frames per timestamp token (20 ms): the encoder halves the 3000 frames
 MAX_TOKENS = 224  # whisper's default tokens per window: half its 448-token text context
-JSON_NAME, SRT_NAME, VTT_NAME = "transcript.json", "transcript.srt", "transcript.vtt"
+JSON_NAME = "transcript.json"
+TEXT_FORMATS = {  # the text artifacts written from the JSON one, by their writer in voxflow.tasks.helpers.subtitles
+    "transcript.srt": subtitles.to_srt,
+    "transcript.vtt": subtitles.to_vtt,
+    "transcript.txt": subtitles.to_txt,
+    "transcript.tsv": subtitles.to_tsv,
+}
 
 Backend = Literal["whisper", "faster-whisper"]
 Hook = Callable[[int, int], None]
@@ -162,9 +168,11 @@ class TranscribeResult:
     """
 
     artifact: ArtifactRef  # the audio transcribed (the input, unchanged)
-    json: ArtifactRef  # transcript.json: the source of the other two and of the printed lines
+    json: ArtifactRef  # transcript.json: the source of the text formats and of the printed lines
     srt: ArtifactRef
     vtt: ArtifactRef
+    txt: ArtifactRef
+    tsv: ArtifactRef
     language: str | None  # None when no speech was found
     segments: int
     words: int
@@ -835,16 +843,14 @@ def segment_rows(transcript: Transcript, file_sha256: str, json_uri: str) -> lis
 def write_transcript(
     settings: StoreSettings, audio: ArtifactRef, transcript: Transcript, source_sha256: str
 ) -> TranscribeResult:
-    """Store the JSON, SRT and VTT artifacts and the ``segments`` rows of a transcript."""
+    """Store the JSON artifact, its SRT, VTT, TXT and TSV forms and the ``segments`` rows of a transcript."""
     json_ref = write_artifact(settings, JSON_NAME, subtitles.to_json(transcript))
-    srt = write_artifact(settings, SRT_NAME, subtitles.to_srt(transcript).encode())
-    vtt = write_artifact(settings, VTT_NAME, subtitles.to_vtt(transcript).encode())
+    texts = [write_artifact(settings, name, write(transcript).encode()) for name, write in TEXT_FORMATS.items()]
     Catalog(shared_store(settings)).append("segments", segment_rows(transcript, source_sha256, json_ref.uri))
     return TranscribeResult(
         audio,
         json_ref,
-        srt,
-        vtt,
+        *texts,
         transcript.language,
         len(transcript.segments),
         len(transcript.words),

@@ -19,16 +19,18 @@ def tone_and_noise(channels: int, sample_rate_hz: int, duration_s: float, seed: 
     return np.stack(rows).astype(np.float32)
 
 
+FFMPEG_CODECS = {".m4a": ["-c:a", "aac", "-b:a", "128k"], ".opus": ["-c:a", "libopus"], ".webm": ["-c:a", "libopus"]}
+
+
 def write_audio(path: Path, samples: np.ndarray, sample_rate_hz: int, subtype: str | None = None) -> Path:
-    """Write ``(channels, samples)`` to ``path``; the suffix picks the format (``.m4a`` via ffmpeg AAC)."""
+    """Write ``(channels, samples)`` to ``path``; the suffix picks the format (``.m4a``, ``.opus`` and ``.webm``
+    encoded by the ffmpeg command)."""
     path = Path(path)
-    if path.suffix == ".m4a":
+    if path.suffix in FFMPEG_CODECS:
         wav = path.with_suffix(".src.wav")
         sf.write(wav, samples.T, sample_rate_hz, subtype="FLOAT")
-        subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-c:a", "aac", "-b:a", "128k", str(path)],
-            check=True,
-        )
+        command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), *FFMPEG_CODECS[path.suffix], str(path)]
+        subprocess.run(command, check=True)
         wav.unlink()
         return path
     sf.write(path, samples.T, sample_rate_hz, subtype=subtype)

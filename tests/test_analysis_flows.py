@@ -53,7 +53,14 @@ def test_transcribe_writes_turns_subtitles_and_segments_then_is_cached(tmp_path,
     assert outcome.status == "done" and outcome.stages == ("ingest", "diarize", "transcribe")
 
     result = outcome.result
-    assert set(outcome.outputs) >= {"audio.wav", "transcript.json", "transcript.srt", "transcript.vtt"}
+    assert set(outcome.outputs) >= {
+        "audio.wav",
+        "transcript.json",
+        "transcript.srt",
+        "transcript.vtt",
+        "transcript.txt",
+        "transcript.tsv",
+    }
     assert _bytes(settings, result.srt.uri).decode().startswith("1\n") or result.segments == 0
     assert _bytes(settings, result.vtt.uri).decode().startswith("WEBVTT")
 

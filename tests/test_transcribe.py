@@ -343,15 +343,19 @@ def _two_segments() -> Transcript:
     return Transcript("en", (first, second))
 
 
-def test_srt_vtt_json_and_printed_lines():
-    transcript = _two_segments()
+def test_srt_vtt_txt_tsv_json_and_printed_lines():
+    transcript = _two_segments()  # whisper's own writers, the speaker in each cue
     assert subtitles.to_srt(transcript) == (
         "1\n00:00:01,230 --> 00:00:03,500\n[SPEAKER_00] Ask not <what>\n\n"
-        "2\n01:01:01,000 --> 01:01:02,250\n& your country.\n"
+        "2\n01:01:01,000 --> 01:01:02,250\n& your country.\n\n"
     )
     assert subtitles.to_vtt(transcript) == (
-        "WEBVTT\n\n00:00:01.230 --> 00:00:03.500\n<v SPEAKER_00>Ask not &lt;what&gt;\n\n"
-        "01:01:01.000 --> 01:01:02.250\n&amp; your country.\n"
+        "WEBVTT\n\n00:01.230 --> 00:03.500\n<v SPEAKER_00>Ask not &lt;what&gt;\n\n"
+        "01:01:01.000 --> 01:01:02.250\n&amp; your country.\n\n"
+    )
+    assert subtitles.to_txt(transcript) == "[SPEAKER_00] Ask not <what>\n& your country.\n"
+    assert subtitles.to_tsv(transcript) == (
+        "start\tend\ttext\n1230\t3500\t[SPEAKER_00] Ask not <what>\n3661000\t3662250\t& your country.\n"
     )
     assert subtitles.transcript_lines(transcript) == [
         "[SPEAKER_00 0:01.2] Ask not <what>",
@@ -462,6 +466,8 @@ def test_transcribe_task_in_a_flow_writes_artifacts_and_segment_rows(tmp_path, u
         "transcript.json",
         "transcript.srt",
         "transcript.vtt",
+        "transcript.txt",
+        "transcript.tsv",
     }
 
     again = transcribe_flow(str(SAMPLE))  # same audio, turns and options: a cache hit

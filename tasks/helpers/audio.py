@@ -6,20 +6,20 @@ In-memory contract: float32 numpy array shaped ``(channels, samples)`` plus ``sa
 from __future__ import annotations
 
 import io
-import json
-import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 SOUNDFILE_FORMATS = ("wav", "flac", "mp3", "ogg", "oga", "aiff", "aif", "w64", "rf64", "caf")
-FFMPEG_FORMATS = ("m4a", "mp4", "aac", "opus", "webm", "wma", "mka")
-SUPPORTED_FORMATS = SOUNDFILE_FORMATS + FFMPEG_FORMATS
+AV_FORMATS = ("m4a", "mp4", "aac", "opus", "webm", "wma", "mka")  # decoded with PyAV (FFmpeg's libraries)
+SUPPORTED_FORMATS = SOUNDFILE_FORMATS + AV_FORMATS
 MAX_CHANNELS = 8
 LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block
+LOUDNESS_OVERLAP = 0.75  # of consecutive gating blocks
+K_SHELF_GAIN_DB, K_SHELF_Q, K_SHELF_HZ = 4.0, 1 / np.sqrt(2), 1500.0  # K-weighting stage 1: high shelf
+K_HIGHPASS_Q, K_HIGHPASS_HZ = 0.5, 38.0  # K-weighting stage 2: high-pass (RLB)
 ABSOLUTE_GATE_LUFS = -70.0
 RELATIVE_GATE_LU = -10.0
 BS1770_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs; channels past five weigh 1.0
@@ -85,62 +85,32 @@ def _decode_soundfile(data: bytes) -> DecodedAudio:
         return DecodedAudio(np.ascontiguousarray(samples.T), f.samplerate, f.format, f.subtype)
 
 
-def _decode_ffmpeg(path: Path, name: str) -> DecodedAudio:
-    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise AudioDecodeError(name, "this format needs ffmpeg, which is not installed (apt-get install ffmpeg)")
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "a:0",
-            "-show_entries",
-            "stream=sample_rate,channels,codec_name:format=format_name",
-            "-of",
-            "json",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    info = json.loads(probe.stdout or "{}")
-    if probe.returncode != 0 or not info.get("streams"):
-        reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream found"
-        raise AudioDecodeError(name, f"not a recognised audio format ({reason.split(': ')[-1]})")
-    stream = info["streams"][0]
-    channels, rate = int(stream["channels"]), int(stream["sample_rate"])
-    decoded = subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            str(path),
-            "-map",
-            "0:a:0",
-            "-f",
-            "f32le",
-            "-acodec",
-            "pcm_f32le",
-            "-",
-        ],
-        capture_output=True,
-    )
-    if decoded.returncode != 0:
-        raise AudioDecodeError(name, decoded.stderr.decode(errors="replace").strip().splitlines()[-1])
-    samples = np.frombuffer(decoded.stdout, dtype="<f4").reshape(-1, channels).T
-    container = info.get("format", {}).get("format_name", "").split(",")[0].upper()
-    container = "M4A" if path.suffix.lower() in (".m4a", ".mp4") else container
-    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), rate, container, stream.get("codec_name", ""))
+def _decode_av(path: Path, name: str) -> DecodedAudio:
+    """The first audio stream of any container FFmpeg reads (M4A/AAC, Opus, WebM, ...), through PyAV."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioDecodeError(name, "not a recognised audio format (no audio stream found)")
+            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)  # (channels, n)
+            blocks = [out.to_ndarray() for frame in container.decode(stream) for out in planar.resample(frame)]
+            blocks += [out.to_ndarray() for out in planar.resample(None)]
+            container_name = container.format.name.split(",")[0].upper()
+            rate, codec = stream.rate, stream.codec_context.name
+    except av.FFmpegError as e:
+        raise AudioDecodeError(name, f"not a recognised audio format ({e.strerror or type(e).__name__})") from e
+    samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((1, 0), np.float32)
+    container_name = "M4A" if path.suffix.lower() in (".m4a", ".mp4") else container_name
+    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), rate, container_name, codec)
 
 
 def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
     """Decode any supported file (1 to 8 channels, any rate, int16/int24/int32/float).
 
     soundfile (libsndfile) reads WAV, FLAC, MP3, OGG and friends; other containers (M4A/AAC, Opus,
-    WebM) go through ffmpeg. Raises :class:`AudioDecodeError` naming the file and the reason.
+    WebM) go through PyAV (FFmpeg's libraries, no ffmpeg binary). Raises :class:`AudioDecodeError` naming the file and the reason.
     """
     import soundfile as sf
 
@@ -160,7 +130,7 @@ def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         if path.suffix.lower().lstrip(".") in SOUNDFILE_FORMATS and "not recognised" not in str(e):
             raise AudioDecodeError(name, str(e).split(": ", 1)[-1]) from e
-        audio = _decode_ffmpeg(path, name)
+        audio = _decode_av(path, name)
     if audio.frames == 0:
         raise AudioDecodeError(name, "file holds no audio samples")
     if not 1 <= audio.channels <= MAX_CHANNELS:
@@ -237,27 +207,56 @@ def downmix(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
+def k_weighting(sample_rate_hz: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """BS.1770's K-weighting at ``sample_rate_hz`` as two ``(b, a)`` biquads: a high shelf (+4 dB above
+    about 1.5 kHz), then a high-pass (about 38 Hz).
+
+    Designed for the given rate with the Audio EQ Cookbook formulas from the parameters pyloudnorm's
+    ``Meter`` uses, so any rate gets the same filter (tests/test_audio.py checks the loudness against
+    pyloudnorm's and BS.1770's 997 Hz reference). Owned here rather than read from pyloudnorm's
+    private attributes; applied with ``scipy.signal.lfilter``, it can also run block by block.
+    """
+    gain = 10 ** (K_SHELF_GAIN_DB / 40)
+    w0 = 2 * np.pi * K_SHELF_HZ / sample_rate_hz
+    cos, edge = np.cos(w0), np.sqrt(gain) * np.sin(w0) / K_SHELF_Q
+    shelf_b = gain * np.array(
+        [
+            (gain + 1) + (gain - 1) * cos + edge,
+            -2 * ((gain - 1) + (gain + 1) * cos),
+            (gain + 1) + (gain - 1) * cos - edge,
+        ]
+    )
+    shelf_a = np.array(
+        [
+            (gain + 1) - (gain - 1) * cos + edge,
+            2 * ((gain - 1) - (gain + 1) * cos),
+            (gain + 1) - (gain - 1) * cos - edge,
+        ]
+    )
+    w0 = 2 * np.pi * K_HIGHPASS_HZ / sample_rate_hz
+    cos, alpha = np.cos(w0), np.sin(w0) / (2 * K_HIGHPASS_Q)
+    pass_b = np.array([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2])
+    pass_a = np.array([1 + alpha, -2 * cos, 1 - alpha])
+    return tuple((b / a[0], a / a[0]) for b, a in ((shelf_b, shelf_a), (pass_b, pass_a)))
+
+
 def integrated_loudness(samples: np.ndarray, sample_rate_hz: int) -> float | None:
     """ITU-R BS.1770-4 integrated loudness in LUFS; None when shorter than one gating block or silent.
 
-    Same K-weighting and gating as pyloudnorm's ``Meter`` (its filters are used), with the block
-    energies computed from cumulative sums instead of a Python loop, and any channel count: the first
-    five follow BS.1770's L, R, C, Ls, Rs weights, further channels weigh 1.0.
+    K-weighting (:func:`k_weighting`), 400 ms blocks overlapping by 75 %, absolute (-70 LUFS) and relative
+    (-10 LU) gates. Block energies come from cumulative sums, and any channel count is measured: the
+    first five follow BS.1770's L, R, C, Ls, Rs weights, further channels weigh 1.0.
     """
-    import pyloudnorm
+    from scipy.signal import lfilter
 
     block = int(LOUDNESS_BLOCK_S * sample_rate_hz)
     frames = samples.shape[1]
     if frames < block:
         return None
-    meter = pyloudnorm.Meter(sample_rate_hz)
-    weighted = np.empty(samples.shape, dtype=np.float64)
-    for ch in range(samples.shape[0]):
-        x = samples[ch].astype(np.float64)
-        for stage in meter._filters.values():
-            x = stage.apply_filter(x)
-        weighted[ch] = x
-    step = 1.0 - meter.overlap
+    weighted = samples.astype(np.float64)
+    for b, a in k_weighting(sample_rate_hz):
+        weighted = lfilter(b, a, weighted, axis=1)
+    step = 1.0 - LOUDNESS_OVERLAP
     blocks = int(np.round((frames / sample_rate_hz - LOUDNESS_BLOCK_S) / (LOUDNESS_BLOCK_S * step))) + 1
     j = np.arange(blocks)
     starts = (LOUDNESS_BLOCK_S * (j * step) * sample_rate_hz).astype(int)

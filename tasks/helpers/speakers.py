@@ -1,7 +1,12 @@
-"""Speaker turns, the currency between diarize and transcribe, and their RTTM text form."""
+"""Speaker turns, the currency between diarize and transcribe, and their RTTM text form.
+
+RTTM is written and read by pyannote's own code (``pyannote.core.Annotation.to_rttm`` and
+``pyannote.database.util.load_rttm``), so the files are exactly what pyannote users exchange.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,22 +25,28 @@ class Turn:
 
 
 def to_rttm(turns: Iterable[Turn], uri: str) -> str:
-    """RTTM lines (``SPEAKER <uri> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>``), times in ms."""
-    uri = uri.replace(" ", "_") or "audio"
-    return "".join(
-        f"SPEAKER {uri} 1 {t.start_s:.3f} {t.duration_s:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n" for t in turns
-    )
+    """RTTM lines (``SPEAKER <uri> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>``), in time order."""
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation(uri=uri.replace(" ", "_") or "audio")
+    for track, turn in enumerate(turns):
+        annotation[Segment(turn.start_s, turn.end_s), track] = turn.speaker
+    return annotation.to_rttm()
 
 
 def parse_rttm(text: str) -> list[Turn]:
-    """The turns of RTTM text (SPEAKER lines only), in file order."""
-    turns = []
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0] != "SPEAKER":
-            continue
-        if len(fields) < 8:
-            raise ValueError(f"RTTM line {number} has {len(fields)} fields, expected 10: {line!r}")
-        start, duration = float(fields[3]), float(fields[4])
-        turns.append(Turn(start, start + duration, fields[7]))
-    return turns
+    """The turns of RTTM text (its SPEAKER lines), in time order; a malformed file raises ``ValueError``."""
+    from pyannote.database.util import load_rttm
+
+    if not text.strip():
+        return []
+    try:
+        annotations = load_rttm(io.StringIO(text))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not an RTTM file: {str(e).splitlines()[0]}") from e
+    turns = [
+        Turn(segment.start, segment.end, str(speaker))
+        for annotation in annotations.values()
+        for segment, _, speaker in annotation.itertracks(yield_label=True)
+    ]
+    return sorted(turns, key=lambda t: (t.start_s, t.end_s, t.speaker))

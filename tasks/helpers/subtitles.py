@@ -1,13 +1,16 @@
-"""Transcripts in memory and as text: the JSON artifact, SubRip, WebVTT and speaker-labelled lines.
+"""Transcripts in memory and as text: the JSON artifact, SubRip, WebVTT, TXT, TSV and speaker-labelled lines.
 
-No model and no torch here: the command line reads a stored ``transcript.json`` with
-:func:`from_json` and prints :func:`transcript_lines` without loading the transcription stack.
+The JSON artifact and the printed lines need no model and no torch: the command line reads a stored
+``transcript.json`` with :func:`from_json` and prints :func:`transcript_lines` without loading the
+transcription stack. SubRip, WebVTT, TXT and TSV are written by whisper's own writers
+(``whisper.utils``), so the files are the ones whisper users know, with the speaker in each cue.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 JSON_VERSION = 1
@@ -116,35 +119,50 @@ def from_json(data: bytes) -> Transcript:
     return Transcript(body["language"], segments)
 
 
-def _clock(seconds: float, decimal: str) -> str:
-    """``HH:MM:SS<decimal>mmm``, as SubRip (``,``) and WebVTT (``.``) write times."""
-    ms = max(round(seconds * 1000), 0)
-    hours, ms = divmod(ms, 3_600_000)
-    minutes, ms = divmod(ms, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{ms // 1000:02d}{decimal}{ms % 1000:03d}"
+def _whisper_format(transcript: Transcript, writer: str, text: Callable[[Segment], str]) -> str:
+    """``transcript`` written by whisper's own ``whisper.utils.<writer>``: one cue (or line) per segment."""
+    from whisper import utils
+
+    result = {
+        "language": transcript.language,
+        "segments": [{"start": s.start_s, "end": s.end_s, "text": text(s)} for s in transcript.segments],
+    }
+    buffer = io.StringIO()
+    getattr(utils, writer)(output_dir=".").write_result(result, buffer)
+    return buffer.getvalue()
 
 
-def to_srt(transcript: Transcript) -> str:
-    """SubRip cues, one per segment, prefixed ``[speaker]`` when the segment has one."""
-    cues = []
-    for number, s in enumerate(transcript.segments, 1):
-        text = f"[{s.speaker}] {s.text.strip()}" if s.speaker else s.text.strip()
-        cues.append(f"{number}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n{text}\n")
-    return "\n".join(cues)
+def _labelled(segment: Segment) -> str:
+    return f"[{segment.speaker}] {segment.text.strip()}" if segment.speaker else segment.text.strip()
 
 
 def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _voiced(segment: Segment) -> str:
+    text = _vtt_escape(segment.text.strip())
+    return f"<v {_vtt_escape(segment.speaker)}>{text}" if segment.speaker else text
+
+
+def to_srt(transcript: Transcript) -> str:
+    """SubRip (whisper's writer), one cue per segment, prefixed ``[speaker]`` when the segment has one."""
+    return _whisper_format(transcript, "WriteSRT", _labelled)
+
+
 def to_vtt(transcript: Transcript) -> str:
-    """WebVTT cues, one per segment, the speaker as a voice span (``<v SPEAKER_00>``)."""
-    cues = ["WEBVTT\n"]
-    for s in transcript.segments:
-        text = _vtt_escape(s.text.strip())
-        text = f"<v {_vtt_escape(s.speaker)}>{text}" if s.speaker else text
-        cues.append(f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n{text}\n")
-    return "\n".join(cues)
+    """WebVTT (whisper's writer), one cue per segment, the speaker as a voice span (``<v SPEAKER_00>``)."""
+    return _whisper_format(transcript, "WriteVTT", _voiced)
+
+
+def to_txt(transcript: Transcript) -> str:
+    """Plain text (whisper's writer), one line per segment, prefixed ``[speaker]`` when it has one."""
+    return _whisper_format(transcript, "WriteTXT", _labelled)
+
+
+def to_tsv(transcript: Transcript) -> str:
+    """``start<TAB>end<TAB>text`` in integer milliseconds (whisper's writer), the speaker in the text."""
+    return _whisper_format(transcript, "WriteTSV", _labelled)
 
 
 def _short_clock(seconds: float) -> str:
