@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
         line = audio.resample(line, RATE_HZ, TTS_RATE_HZ)
         denoiser = load_enhance_denoiser("dns48", args.device, args.model_dir)
         options = EnhanceOptions(upsample=args.worker == "chain", sr=sr_options)
-        run = lambda: enhance(line, TTS_RATE_HZ, options, denoiser, model, args.device)  # noqa: E731
+        run = lambda: enhance(line, TTS_RATE_HZ, options, denoiser, model)  # noqa: E731
     elif args.worker == "novasr":
         x = torch.from_numpy(line).to(args.device)
         run = lambda: upsample(x, model, sr_options)  # noqa: E731

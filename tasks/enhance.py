@@ -169,21 +169,36 @@ def _fit_length(samples: np.ndarray, frames: int) -> np.ndarray:
     return np.pad(samples, ((0, 0), (0, frames - samples.shape[1])))
 
 
+def load_enhance_models(
+    options: EnhanceOptions, device: str, model_dir: str | Path | None = None, token: str | None = None
+) -> tuple[Demucs | None, NovaSR | None]:
+    """The models of the steps ``options`` switch on (None for a step that is off): denoiser, NoVaSR."""
+    denoiser = load_enhance_denoiser(options.denoiser.model, device, model_dir) if options.denoise else None
+    sr_model = (
+        load_upsample_model(options.sr.model, device, model_dir, token, half=options.sr.half)
+        if options.upsample
+        else None
+    )
+    return denoiser, sr_model
+
+
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device if model is not None else "cpu"
+
+
 def enhance(
     samples: np.ndarray,
     rate_hz: int,
     options: EnhanceOptions = EnhanceOptions(),
     denoiser: Demucs | None = None,
     sr_model: NovaSR | None = None,
-    device: str = "cpu",
-    *,
-    model_dir: str | Path | None = None,
 ) -> np.ndarray:
     """``(channels, n)`` audio at ``rate_hz`` through the steps of :func:`plan_steps`, at ``options.output_rate_hz``.
 
-    The output has ``output_frames(n, rate_hz, options.output_rate_hz)`` samples (the input's duration).
-    A model the steps need and that is not passed in is loaded from ``model_dir`` (or the hub) on
-    ``device``; a step that does not run never loads or calls its model.
+    ``denoiser`` and ``sr_model`` are the loaded models of the steps that run (:func:`load_enhance_models`);
+    a step that does not run needs none and never calls one. The line moves once to the device of the
+    first model that runs and comes back once. The output has ``output_frames(n, rate_hz,
+    options.output_rate_hz)`` samples (the input's duration).
     """
     import torch
 
@@ -192,16 +207,17 @@ def enhance(
     if rate_hz <= 0:
         raise ValueError(f"rate_hz must be positive, got {rate_hz}")
     steps = plan_steps(rate_hz, options)
+    models = {DENOISE: denoiser, UPSAMPLE: sr_model}
+    missing = [step for step in steps if step in models and models[step] is None]
+    if missing:
+        raise TypeError(f"the {' and '.join(missing)} step needs its model (see load_enhance_models)")
+    device = _device_of(denoiser if DENOISE in steps else sr_model if UPSAMPLE in steps else None)
     with torch.no_grad():
         line, rate = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(device), rate_hz
         if DENOISE in steps:
-            if denoiser is None:
-                denoiser = load_enhance_denoiser(options.denoiser.model, device, model_dir)
             with holding(denoiser):
                 line, rate = denoise_step(line, rate, denoiser, options.denoiser)
         if UPSAMPLE in steps:
-            if sr_model is None:
-                sr_model = load_upsample_model(options.sr.model, device, model_dir, half=options.sr.half)
             with holding(sr_model):
                 line, rate = upsample_step(line, rate, sr_model, options.sr)
         result = line.cpu().numpy()
@@ -218,14 +234,8 @@ def enhance_audio(audio: Any, options: EnhanceOptions, settings: StoreSettings, 
     """Denoise and upsample a line (as ``options`` switch them); writes ``enhanced.wav`` at ``options.output_rate_hz``."""
     ref = audio_input(audio)
     samples, rate = read_audio(ref, settings)
-    device = models.torch_device()
-    denoiser = load_enhance_denoiser(options.denoiser.model, device, models.model_dir) if options.denoise else None
-    sr_model = (
-        load_upsample_model(options.sr.model, device, models.model_dir, models.token(), half=options.sr.half)
-        if options.upsample
-        else None
-    )
-    enhanced = enhance(samples, rate, options, denoiser, sr_model, device)
+    denoiser, sr_model = load_enhance_models(options, models.torch_device(), models.model_dir, models.token())
+    enhanced = enhance(samples, rate, options, denoiser, sr_model)
     return EnhanceResult(
         write_audio(settings, AUDIO_NAME, enhanced, options.output_rate_hz),
         source_sha256_of(audio),

@@ -19,7 +19,7 @@ Silence is measured on frames of ``FRAME_S`` (20 ms): a frame is speech when its
 ``trim_threshold_db`` of the loudest frame. Active stretches shorter than ``MIN_BURST_S`` at the ends
 (a click, a bumped microphone) do not count as speech.
 
-A reference that cannot make a good voice raises :class:`ReferenceError`, a ``ValueError`` with a
+A reference that cannot make a good voice raises :class:`UnusableReference`, a ``ValueError`` with a
 one-line message naming the file and the reason (too short, silent, clipped); a bad input is never
 retried (:func:`voxflow.tasks.kit.runs.is_transient`).
 
@@ -60,7 +60,7 @@ CLIP_LEVEL = 0.99  # |sample| at or above this is at full scale
 CLIP_RUN_SAMPLES = 3  # that many full-scale samples in a row are a clipped peak, not a loud one
 
 
-class ReferenceError(ValueError):
+class UnusableReference(ValueError):
     """A reference recording cannot make a voice; the message names the file and the reason."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -208,12 +208,12 @@ def clipped_share(samples: np.ndarray) -> float:
 
 
 def _check_levels(samples: np.ndarray, rate_hz: int, name: str, options: ReferenceOptions) -> float:
-    """Raise :class:`ReferenceError` when the raw input is empty, clipped or silent; its clipped share."""
+    """Raise :class:`UnusableReference` when the raw input is empty, clipped or silent; its clipped share."""
     if samples.ndim != 2 or samples.shape[1] == 0:
-        raise ReferenceError(name, f"not (channels, samples) audio with samples: its shape is {samples.shape}")
+        raise UnusableReference(name, f"not (channels, samples) audio with samples: its shape is {samples.shape}")
     share = clipped_share(samples)
     if share > options.clipped_fraction:
-        raise ReferenceError(
+        raise UnusableReference(
             name,
             f"clipped: {share:.2%} of its samples are in runs at full scale, more than "
             f"the {options.clipped_fraction:.2%} allowed; record it again at a lower gain",
@@ -224,7 +224,7 @@ def _check_levels(samples: np.ndarray, rate_hz: int, name: str, options: Referen
 
 def _check_not_silent(loudest_db: float, name: str, options: ReferenceOptions, when: str) -> None:
     if loudest_db < options.silence_dbfs:
-        raise ReferenceError(
+        raise UnusableReference(
             name,
             f"silent{when}: its loudest {FRAME_S * 1000:.0f} ms are at {loudest_db:.1f} dBFS, "
             f"below the {options.silence_dbfs:g} dBFS silence level",
@@ -233,7 +233,9 @@ def _check_not_silent(loudest_db: float, name: str, options: ReferenceOptions, w
 
 def _check_speech(speech_s: float, name: str, options: ReferenceOptions) -> None:
     if speech_s < options.min_speech_s:
-        raise ReferenceError(name, f"too short: {speech_s:.2f} s of speech, at least {options.min_speech_s:g} s needed")
+        raise UnusableReference(
+            name, f"too short: {speech_s:.2f} s of speech, at least {options.min_speech_s:g} s needed"
+        )
 
 
 def _speech_bounds(mono: np.ndarray, rate_hz: int, options: ReferenceOptions) -> tuple[int, int]:
@@ -251,7 +253,7 @@ def check_reference(
 ) -> ReferenceReport:
     """Check a raw ``(channels, samples)`` reference as it is: not clipped, not silent, enough speech.
 
-    Raises :class:`ReferenceError` naming ``name``; the report describes the input itself (nothing
+    Raises :class:`UnusableReference` naming ``name``; the report describes the input itself (nothing
     trimmed, not cut), its speech measured on the channels' mean.
     """
     share = _check_levels(samples, rate_hz, name, options)
@@ -325,7 +327,7 @@ def prepare_reference(
     ``samples`` is ``(channels, n)`` at ``rate_hz`` and stays on the CPU; ``denoiser`` (a Demucs, see
     :func:`voxflow.tasks.denoise.load_denoise_model`) sees it in chunks on its own device. With
     ``options.process`` off, ``denoiser`` may be None and the input comes back unchanged with
-    :func:`check_reference`'s report. Raises :class:`ReferenceError` naming ``name``.
+    :func:`check_reference`'s report. Raises :class:`UnusableReference` naming ``name``.
     """
     if not options.process:
         return samples, check_reference(samples, rate_hz, name, options)
@@ -352,7 +354,7 @@ def prepare_reference(
     out = _fade(normalize_loudness(trimmed, rate, options.loudness_lufs), rate)
     loudness_out = audio_io.integrated_loudness(out, rate)
     if loudness_out is None:
-        raise ReferenceError(name, "silent after denoising: too quiet to measure its loudness (BS.1770 gates)")
+        raise UnusableReference(name, "silent after denoising: too quiet to measure its loudness (BS.1770 gates)")
     report = ReferenceReport(
         duration_s=out.shape[1] / rate,
         speech_s=speech_s,

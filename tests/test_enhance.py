@@ -28,17 +28,18 @@ from voxflow.tasks.enhance import (
     denoise_step,
     enhance,
     load_enhance_denoiser,
+    load_enhance_models,
     output_frames,
     plan_steps,
     resample_tensor,
 )
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+from voxflow.tasks.networks.novasr import kaiser_sinc_lowpass
 from voxflow.tasks.upsample import (
     HUB_FILE,
     LIBRARY,
     UpsampleOptions,
-    kaiser_sinc_lowpass,
     load_upsample_model,
     local_upsample_model,
     read_checkpoint,
@@ -367,7 +368,7 @@ def test_each_switch_changes_exactly_its_own_step(models, spies, denoise_on, ups
     denoiser, sr_model = models
     line = _speech(TTS_RATE_HZ, seconds=2.0)  # as the synthesis stage writes it: 24 kHz
     options = EnhanceOptions(denoise=denoise_on, upsample=upsample_on, denoiser=DenoiseOptions(dry=0.1))
-    ours = enhance(line, TTS_RATE_HZ, options)
+    ours = enhance(line, TTS_RATE_HZ, options, *load_enhance_models(options, "cpu"))
     assert plan_steps(TTS_RATE_HZ, options) == steps and ours.shape == (1, 96_000)
 
     model_calls = {"denoiser": int(denoise_on), "novasr": 2 if upsample_on else 0}  # 2 s: two 1 s chunks
@@ -397,7 +398,7 @@ def test_plain_resampling_keeps_a_4khz_tone_at_4khz():
         EnhanceOptions(denoise=False, upsample=False),
         EnhanceOptions(denoise=False, upsample=False, output_rate_hz=44_100),
     ):
-        out = enhance(tone, rate, options)
+        out = enhance(tone, rate, options)  # plain resampling: no model
         out_rate = options.output_rate_hz
         assert out.shape == (1, out_rate)
         power = np.abs(np.fft.rfft(out[0] * np.hanning(out.shape[1]))) ** 2
@@ -414,7 +415,7 @@ def test_a_rate_other_than_48khz_is_resampled_after_the_upsampling(models, spies
     line = _speech(TTS_RATE_HZ, seconds=1.0)
     options = EnhanceOptions(denoise=False, output_rate_hz=44_100)
     assert plan_steps(TTS_RATE_HZ, options) == ("upsample", "resample")
-    ours = enhance(line, TTS_RATE_HZ, options)
+    ours = enhance(line, TTS_RATE_HZ, options, *load_enhance_models(options, "cpu"))
     expected = audio.resample(upsample(_to_16k(line, TTS_RATE_HZ), sr_model), 48_000, 44_100)
     assert ours.shape == (1, 44_100) and output_frames(24_000, TTS_RATE_HZ, 44_100) == 44_100
     assert_close(ours, expected[:, :44_100], ROUNDING_TOLERANCE)
@@ -453,16 +454,19 @@ def test_bad_input_fails_before_any_model_loads(spies):
     with pytest.raises(ValueError, match="rate_hz must be positive"):
         enhance(np.zeros((1, 100), np.float32), 0)
     assert spies.loads == []
+    with pytest.raises(TypeError, match="the denoise and upsample step needs its model"):
+        enhance(np.zeros((1, 100), np.float32), 16_000)  # models are passed in, never loaded here
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_chain_on_a_gpu_gives_what_the_cpu_gives(tiny_models):
     folder = tiny_models.build("denoiser", LIBRARY)
     line = _speech(TTS_RATE_HZ, seconds=2.0)
-    on_cpu = enhance(line, TTS_RATE_HZ, EnhanceOptions(), device="cpu", model_dir=folder)
-    on_gpu = enhance(line, TTS_RATE_HZ, EnhanceOptions(), device="cuda", model_dir=folder)
+    on_cpu = enhance(line, TTS_RATE_HZ, EnhanceOptions(), *load_enhance_models(EnhanceOptions(), "cpu", folder))
+    on_gpu = enhance(line, TTS_RATE_HZ, EnhanceOptions(), *load_enhance_models(EnhanceOptions(), "cuda", folder))
     assert_close(on_gpu, on_cpu, 5e-3)  # cuDNN convolutions may run in TF32
-    half = enhance(line, TTS_RATE_HZ, EnhanceOptions(sr=UpsampleOptions(half=True)), device="cuda", model_dir=folder)
+    halved = EnhanceOptions(sr=UpsampleOptions(half=True))
+    half = enhance(line, TTS_RATE_HZ, halved, *load_enhance_models(halved, "cuda", folder))
     assert_close(half, on_cpu, 5e-2)
     gpu_line = torch.from_numpy(_speech(seconds=1.0)).cuda()
     out = upsample(gpu_line, load_upsample_model("novasr", "cuda", folder))

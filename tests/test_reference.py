@@ -23,9 +23,9 @@ from voxflow.tasks.denoise import DEFAULT_MODEL, LIBRARY, DenoiseOptions, denois
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.runs import is_transient
 from voxflow.tasks.reference import (
-    ReferenceError,
     ReferenceOptions,
     ReferenceResult,
+    UnusableReference,
     check_reference,
     clipped_share,
     prepare_reference,
@@ -166,7 +166,7 @@ def _bad(kind: str, lj: tuple[np.ndarray, int]) -> np.ndarray:
 )
 def test_a_bad_reference_fails_with_one_line_naming_it(model, lj, kind, reason, process):
     options = ReferenceOptions(process=process)
-    with pytest.raises(ReferenceError) as error:
+    with pytest.raises(UnusableReference) as error:
         prepare_reference(_bad(kind, lj), lj[1], options, model, "voices/bad.wav")
     assert_one_line(error, "voices/bad.wav", reason)
 
@@ -178,7 +178,7 @@ def test_a_reference_silent_only_after_denoising_is_refused(lj):
     with torch.no_grad():
         for parameter in muting.parameters():
             parameter.zero_()
-    with pytest.raises(ReferenceError) as error:
+    with pytest.raises(UnusableReference) as error:
         prepare_reference(lj[0], lj[1], ReferenceOptions(), muting, "noise-only.wav")
     assert_one_line(error, "noise-only.wav", "silent after denoising")
 
@@ -288,7 +288,7 @@ def test_the_task_in_a_flow_cleans_caches_checks_and_refuses(tmp_path, use_store
     assert checked.artifact.uri == ingested["uri"] and checked.sha256 == ingested["sha256"] and not checked.processed
     assert len(catalog.frame("artifacts")) == 2  # the ingested audio and the cleaned reference, nothing new
 
-    with pytest.raises(ReferenceError) as error:
+    with pytest.raises(UnusableReference) as error:
         reference_flow(str(short), ReferenceOptions(process=False))
     assert_one_line(error, error.value.name, "too short")
     assert error.value.name.endswith("short.wav")  # named by its source, not by the stored artifact
@@ -298,4 +298,4 @@ def test_the_task_in_a_flow_cleans_caches_checks_and_refuses(tmp_path, use_store
     assert list(mine["cache_hit"]) == [False, True, False, False]
     assert list(mine["status"]) == ["completed", "completed", "completed", "failed"]
     failed = mine[mine["status"] == "failed"]
-    assert list(failed["error_class"]) == ["ReferenceError"] and list(failed["attempt"]) == [1]  # never retried
+    assert list(failed["error_class"]) == ["UnusableReference"] and list(failed["attempt"]) == [1]  # never retried
