@@ -18,8 +18,8 @@ import pytest
         "pyannote.audio",  # diarization
         "denoiser.demucs",  # Facebook denoiser (installed from denoiser-compat)
         "qwen_tts",  # Qwen3-TTS
-        "prefect_aws",
         "prefect_dask",
+        "av",  # PyAV: M4A/AAC, Opus, WebM
     ],
 )
 def test_stack_imports(module):

@@ -63,9 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     quiet_prefect(verbose=bool({"-v", "--verbose"} & set(argv[: argv.index(command) if command else None])))
-    args = build_parser(command).parse_args(argv)  # before anything imports Prefect (its logging is set then)
     try:
+        args = build_parser(command).parse_args(argv)  # after quiet_prefect: Prefect reads its logging settings once
         return args.func(args)
+    except ModuleNotFoundError as e:
+        from voxflow.tasks.kit.runs import missing_model_stack
+
+        if not missing_model_stack(e):
+            raise
+        print(
+            f"error: voxflow {command} needs the model stacks: pip install 'voxflow[models]' ({missing_model_stack(e)})",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

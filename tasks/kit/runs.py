@@ -106,6 +106,18 @@ def note_failure(error: BaseException, stage: str) -> None:
             error.voxflow_origin = None if origin in OUR_PACKAGES else origin  # type: ignore[attr-defined]
 
 
+MODEL_STACKS = frozenset(  # top-level modules of the `models` extra
+    {"torch", "torchaudio", "whisper", "demucs", "pyannote", "qwen_tts", "denoiser", "silero_vad", "faster_whisper"}
+)
+
+
+def missing_model_stack(error: BaseException) -> str | None:
+    """``missing module 'torch'`` when ``error`` is the import of a module of the ``models`` extra."""
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in MODEL_STACKS:
+        return f"missing module {error.name!r}"
+    return None
+
+
 def failed_stage(error: BaseException) -> str | None:
     """The stage ``error`` was raised in (see :func:`note_failure`), if known."""
     return getattr(error, "voxflow_stage", None)
@@ -116,6 +128,9 @@ def failure_reason(error: BaseException) -> str:
     said to be one (with where to find the traceback), followed by the library's own text."""
     text = str(error).strip()
     said = text.splitlines()[0] if text else type(error).__name__
+    missing = missing_model_stack(error)
+    if missing:
+        return f"this stage needs the model stacks, which are not installed: pip install 'voxflow[models]' ({missing})"
     if is_out_of_memory(error):
         return f"out of GPU memory even at a batch of one; lower the stage's batch_size or free the GPU ({said})"
     origin = getattr(error, "voxflow_origin", None)
