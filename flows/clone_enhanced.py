@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from voxflow.flows import registry
 from voxflow.flows.environment import environment
-from voxflow.flows.pipelines import MAX_THREADS
+from voxflow.flows.pipelines import threaded_flow
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, SynthesisRequest
 
 
-@flow(name=registry.CLONE_ENHANCED.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.CLONE_ENHANCED.name)
 def clone_enhanced(
     reference: str,
     lines: Annotated[list[str], Field(min_length=1)],

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from voxflow.flows import registry
 from voxflow.flows.environment import Environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
-    MAX_THREADS,
     FilePipeline,
     ParallelFiles,
     RunReport,
     run_pipeline,
+    threaded_flow,
 )
 from voxflow.tasks import ingest as ingestion
 from voxflow.tasks.ingest import STAGE, IngestOptions, ingest_file
@@ -28,7 +26,7 @@ def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> 
 PIPELINE = FilePipeline.of_stages(registry.INGEST.name, IngestOptions, submit_ingest, ingestion)
 
 
-@flow(name=registry.INGEST.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.INGEST.name)
 def ingest(
     paths: list[str],
     options: IngestOptions = IngestOptions(),

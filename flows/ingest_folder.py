@@ -10,16 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from voxflow.flows import registry
 from voxflow.flows.environment import environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
-    MAX_THREADS,
     FileOutcome,
     FilePipeline,
     FilesFailed,
@@ -27,6 +24,7 @@ from voxflow.flows.pipelines import (
     RunReport,
     processed_rows,
     run_files,
+    threaded_flow,
 )
 from voxflow.flows.reporting import Progress, publish_table
 from voxflow.storage.catalog import Catalog
@@ -59,7 +57,7 @@ def _final_state(report: RunReport) -> State | RunReport:
     )
 
 
-@flow(name=registry.INGEST_FOLDER.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.INGEST_FOLDER.name)
 def ingest_folder(
     source: str,
     pattern: str = "*",

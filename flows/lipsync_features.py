@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from voxflow.flows import registry
 from voxflow.flows.environment import Environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
-    MAX_THREADS,
     FilePipeline,
     ParallelFiles,
     RunReport,
     run_pipeline,
+    threaded_flow,
 )
 from voxflow.tasks import ingest, lipsync
 from voxflow.tasks.ingest import IngestOptions, ingest_file
@@ -42,7 +40,7 @@ def submit_lipsync(source_uri: str, options: LipsyncFlowOptions, env: Environmen
 PIPELINE = FilePipeline.of_stages(registry.LIPSYNC_FEATURES.name, LipsyncFlowOptions, submit_lipsync, ingest, lipsync)
 
 
-@flow(name=registry.LIPSYNC_FEATURES.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.LIPSYNC_FEATURES.name)
 def lipsync_features(
     paths: list[str],
     options: LipsyncFlowOptions = LipsyncFlowOptions(),

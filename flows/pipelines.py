@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Annotated, Any
 
+from prefect import Flow, flow
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field, TypeAdapter, ValidationError
 
 from voxflow.flows.environment import Environment, environment
@@ -32,6 +34,12 @@ DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
 ParallelFiles = Annotated[int, Field(ge=1, le=MAX_THREADS)]  # the flows' ``parallel_files`` parameter
 Submit = Callable[[str, Any, Environment], dict[str, PrefectFuture]]
 Describe = Callable[[Any, StoreSettings], tuple[str, ...]]
+
+
+def threaded_flow(name: str) -> Callable[[Callable], Flow]:
+    """The ``@flow`` of every voxflow flow: its registry name, and its tasks on a bounded thread pool
+    (a flow over many files runs ``parallel_files`` of them at a time on it)."""
+    return flow(name=name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from voxflow.flows import registry
 from voxflow.flows.environment import Environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
-    MAX_THREADS,
     FilePipeline,
     ParallelFiles,
     RunReport,
     run_pipeline,
+    threaded_flow,
 )
 from voxflow.tasks import ingest
 from voxflow.tasks import separate as separation
@@ -45,7 +43,7 @@ def submit_separate(source_uri: str, options: SeparateFlowOptions, env: Environm
 PIPELINE = FilePipeline.of_stages(registry.SEPARATE.name, SeparateFlowOptions, submit_separate, ingest, separation)
 
 
-@flow(name=registry.SEPARATE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.SEPARATE.name)
 def separate(
     paths: list[str],
     options: SeparateFlowOptions = SeparateFlowOptions(),

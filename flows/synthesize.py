@@ -11,14 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from voxflow.flows import registry
 from voxflow.flows.environment import environment
-from voxflow.flows.pipelines import MAX_THREADS
+from voxflow.flows.pipelines import threaded_flow
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, Mode, SynthesisItem, SynthesisRequest
 
@@ -59,7 +57,7 @@ def check_items(mode: Mode, items: list[SpeechItem]) -> None:
         raise ValueError(f"{mode} mode needs a {needs} on every item; item(s) {', '.join(map(str, missing))} have none")
 
 
-@flow(name=registry.SYNTHESIZE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.SYNTHESIZE.name)
 def synthesize(
     mode: Mode,
     items: Annotated[list[SpeechItem], Field(min_length=1)],

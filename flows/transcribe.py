@@ -5,20 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from voxflow.flows import registry
 from voxflow.flows.environment import Environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
-    MAX_THREADS,
     FilePipeline,
     ParallelFiles,
     RunReport,
     run_pipeline,
+    threaded_flow,
 )
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks import denoise, diarize, ingest, separate
@@ -88,7 +86,7 @@ PIPELINE = FilePipeline.of_stages(
 )
 
 
-@flow(name=registry.TRANSCRIBE.name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
+@threaded_flow(registry.TRANSCRIBE.name)
 def transcribe(
     paths: list[str],
     options: TranscribeFlowOptions = TranscribeFlowOptions(),

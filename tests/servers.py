@@ -4,6 +4,7 @@ PostgreSQL (Debian's postgresql, started with ``initdb``/``pg_ctl``, installed b
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -147,3 +148,57 @@ def prefect_server(folder: Path, database_url: str | None = None) -> Iterator[di
     finally:
         stop(server)
         log.close()
+
+
+def api_get(env: dict[str, str], path: str) -> dict | list:
+    """GET ``path`` of the Prefect API the environment points at, as JSON."""
+    with urllib.request.urlopen(f"{env['PREFECT_API_URL']}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def api_post(env: dict[str, str], path: str, body: dict) -> dict | list:
+    """POST ``body`` to ``path`` of the Prefect API the environment points at, as JSON."""
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def deployment(env: dict[str, str], name: str) -> dict:
+    """The deployment ``flow/deployment`` as the server has it."""
+    return api_get(env, f"/deployments/name/{name}")
+
+
+@contextmanager
+def voxflow_serve(env: dict[str, str], folder: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``voxflow serve ARGS`` in ``folder`` until the block ends, once its deployments are on the server;
+    its output is in ``folder/serve.log``."""
+    with open(folder / "serve.log", "w") as log:
+        serve = subprocess.Popen(
+            [str(BIN / "voxflow"), "serve", *args],
+            env=env,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: bool(deployment(env, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
+            yield serve
+        finally:
+            stop(serve)
+
+
+def run_deployment(env: dict[str, str], name: str, *parameters: str, timeout_s: int = 300) -> str:
+    """``prefect deployment run NAME -p ... --watch``: its output; fails the test unless the run completed."""
+    command = [str(BIN / "prefect"), "deployment", "run", name]
+    for parameter in parameters:
+        command += ["-p", parameter]
+    command += ["--watch", "--watch-timeout", str(timeout_s - 60)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert run.returncode == 0 and "Completed" in run.stdout + run.stderr, run.stdout + run.stderr
+    return run.stdout + run.stderr

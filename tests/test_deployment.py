@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests import servers
 from tests.conftest import CORPUS
-from tests.servers import BIN, stop, wait_for
+from tests.servers import BIN, deployment, run_deployment, voxflow_serve
 from voxflow.flows.registry import FLOWS
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import LocalStore
@@ -26,56 +25,19 @@ def prefect_server(tmp_path):
         yield env
 
 
-def _deployment(api: str, name: str) -> dict:
-    with urllib.request.urlopen(f"{api}/deployments/name/{name}", timeout=5) as response:
-        return json.loads(response.read())
-
-
 def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, tiny_models):
-    env = {
-        **prefect_server,
-        "VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")),
-        "VOXFLOW_DEVICE": "cpu",
-    }
-    log = open(tmp_path / "serve.log", "w")
+    models = {"VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")), "VOXFLOW_DEVICE": "cpu"}
+    env = {**prefect_server, **models}
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    serve = subprocess.Popen(
-        [str(BIN / "voxflow"), "serve", "--inbox", str(inbox)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        api = env["PREFECT_API_URL"]
-        wait_for(lambda: bool(_deployment(api, "ingest-folder/ingest-folder")), 120, "voxflow serve", serve)
+    with voxflow_serve(env, tmp_path, "--inbox", str(inbox)):
         jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
-        run = subprocess.run(
-            [
-                str(BIN / "prefect"),
-                "deployment",
-                "run",
-                "ingest/ingest",
-                "-p",
-                f"paths={json.dumps([jfk])}",
-                "--watch",
-                "--watch-timeout",
-                "240",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "Completed" in run.stdout + run.stderr
+        run_deployment(env, "ingest/ingest", f"paths={json.dumps([jfk])}")
         files = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("files")
         assert list(files["source_name"]) == ["jfk.flac"]
         assert files["flow_run_id"].notna().all()
 
-        folder = _deployment(api, "ingest-folder/ingest-folder")
+        folder = deployment(env, "ingest-folder/ingest-folder")
         assert folder["parameters"] == {"source": str(inbox)}
         assert [s["schedule"]["cron"] for s in folder["schedules"]] == ["*/10 * * * *"]
         assert folder["global_concurrency_limit"]["limit"] == 1  # scheduled runs never overlap
@@ -85,58 +47,23 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         assert "ingest" in str(schema["pipeline"]) and schema["parallel_files"]["minimum"] == 1
         for name in ("speech.wav", "speech_bab_0dB.wav"):
             (inbox / name).write_bytes((CORPUS / "denoise_babble" / name).read_bytes())
-        run = subprocess.run(
-            [
-                str(BIN / "prefect"),
-                "deployment",
-                "run",
-                "ingest-folder/ingest-folder",
-                "-p",
-                "parallel_files=2",
-                "-p",
-                'params={"sample_rate_hz": 8000}',
-                "--watch",
-                "--watch-timeout",
-                "240",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
+        run_deployment(env, "ingest-folder/ingest-folder", "parallel_files=2", 'params={"sample_rate_hz": 8000}')
         processed = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("processed")
         assert sorted(processed["source_uri"].str.rsplit("/", n=1).str[1]) == ["speech.wav", "speech_bab_0dB.wav"]
         assert set(processed["status"]) == {"done"}
 
         for name in ("transcribe/transcribe", "separate/separate", "lipsync-features/lipsync-features"):
-            assert _deployment(api, name)["parameter_openapi_schema"]["properties"]["paths"]
+            assert deployment(env, name)["parameter_openapi_schema"]["properties"]["paths"]
         speech = str(CORPUS / "denoise_babble" / "speech.wav")
-        run = subprocess.run(  # a model flow from the UI's route: the worker's VOXFLOW_MODEL_DIR has the models
-            [
-                str(BIN / "prefect"),
-                "deployment",
-                "run",
-                "transcribe/transcribe",
-                "-p",
-                f"paths={json.dumps([speech])}",
-                "-p",
-                'options={"diarize": {"num_speakers": 1}, "transcribe": {"language": "en"}}',
-                "--watch",
-                "--watch-timeout",
-                "300",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=360,
+        run_deployment(  # a model flow from the UI's route: the worker's VOXFLOW_MODEL_DIR has the models
+            env,
+            "transcribe/transcribe",
+            f"paths={json.dumps([speech])}",
+            'options={"diarize": {"num_speakers": 1}, "transcribe": {"language": "en"}}',
+            timeout_s=360,
         )
-        assert run.returncode == 0, run.stdout + run.stderr
         segments = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("segments")
         assert set(segments["stage"]) == {"diarize", "transcribe"} and set(segments["speaker"]) == {"SPEAKER_00"}
-    finally:
-        stop(serve)
-        log.close()
 
 
 def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
@@ -157,8 +84,8 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     for entry in FLOWS:  # prefect.yaml is generated from the registry
-        deployment = _deployment(env["PREFECT_API_URL"], f"{entry.name}/{entry.name}")
-        assert deployment["work_pool_name"] == "voxflow" and deployment["entrypoint"] == entry.entrypoint
-    folder = _deployment(env["PREFECT_API_URL"], "ingest-folder/ingest-folder")
+        declared = deployment(env, f"{entry.name}/{entry.name}")
+        assert declared["work_pool_name"] == "voxflow" and declared["entrypoint"] == entry.entrypoint
+    folder = deployment(env, "ingest-folder/ingest-folder")
     assert folder["global_concurrency_limit"]["limit"] == 1
     assert folder["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"

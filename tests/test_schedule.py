@@ -4,34 +4,17 @@ server's scheduler created, and the scheduler logs no error."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import urllib.request
 
 import pytest
 
 from tests import servers
 from tests.conftest import CORPUS
-from tests.servers import BIN
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import LocalStore
 
 pytestmark = pytest.mark.slow
 INTERVAL_S = 5
-
-
-def _post(api: str, path: str, body: dict) -> list | dict:
-    request = urllib.request.Request(
-        f"{api}{path}", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _get(api: str, path: str) -> dict:
-    with urllib.request.urlopen(f"{api}{path}", timeout=10) as response:
-        return json.loads(response.read())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -49,40 +32,19 @@ def server(request, tmp_path):
 
 def test_the_scheduler_runs_ingest_folder_on_new_files(server, tmp_path):
     env, server_log = server
-    api = env["PREFECT_API_URL"]
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen(
-        [str(BIN / "voxflow"), "serve", "--inbox", str(inbox), "--interval", str(INTERVAL_S)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        servers.wait_for(
-            lambda: bool(_get(api, "/deployments/name/ingest-folder/ingest-folder")), 120, "voxflow serve", serve
-        )
-        deployment = _get(api, "/deployments/name/ingest-folder/ingest-folder")
-        assert [s["schedule"]["interval"] for s in deployment["schedules"]] == [INTERVAL_S]
+    with servers.voxflow_serve(env, tmp_path, "--inbox", str(inbox), "--interval", str(INTERVAL_S)) as serve:
+        folder = servers.deployment(env, "ingest-folder/ingest-folder")
+        assert [s["schedule"]["interval"] for s in folder["schedules"]] == [INTERVAL_S]
         for name in ("speech.wav", "speech_bab_0dB.wav"):
             shutil.copy(CORPUS / "denoise_babble" / name, inbox / name)
 
         def scheduled_runs(state: str) -> list[dict]:
+            wanted = {"deployment_id": {"any_": [folder["id"]]}, "state": {"type": {"any_": [state]}}}
             return [
                 run
-                for run in _post(
-                    api,
-                    "/flow_runs/filter",
-                    {
-                        "flow_runs": {
-                            "deployment_id": {"any_": [deployment["id"]]},
-                            "state": {"type": {"any_": [state]}},
-                        }
-                    },
-                )
+                for run in servers.api_post(env, "/flow_runs/filter", {"flow_runs": wanted})
                 if run["auto_scheduled"]
             ]
 
@@ -103,8 +65,5 @@ def test_the_scheduler_runs_ingest_folder_on_new_files(server, tmp_path):
         processed = Catalog(LocalStore(env["VOXFLOW_HOME"])).frame("processed")
         assert sorted(processed["status"]) == ["done", "done"]
         assert set(processed["flow_run_id"]) <= {run["id"] for run in scheduled_runs("COMPLETED")}
-    finally:
-        servers.stop(serve)
-        log.close()
     errors = [line for line in server_log.read_text().splitlines() if "ERROR" in line or "Traceback" in line]
     assert not errors, "\n".join(errors[:20])

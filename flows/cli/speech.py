@@ -44,6 +44,18 @@ def speech_options(args: argparse.Namespace) -> SpeechOptions:
     return TypeAdapter(SpeechOptions).validate_python({**switches, **chosen})
 
 
+def _run(args: argparse.Namespace) -> dict:
+    """What both synthesis flows take from the command line besides their lines and voice."""
+    return {
+        "language": args.language,
+        "options": speech_options(args),
+        "output_dir": args.out,
+        "storage_block": args.storage_block,
+        "models_block": args.models_block,
+        "return_state": True,
+    }
+
+
 def print_speech(state) -> int:
     """The lines table, a warning per flagged line, and where each copied WAV went."""
     from voxflow.tasks.kit.runs import failed_stage, failure_reason
@@ -78,17 +90,7 @@ def add_clone(parser: argparse.ArgumentParser) -> None:
 def clone(args: argparse.Namespace) -> int:
     from voxflow.flows.clone_enhanced import clone_enhanced
 
-    state = clone_enhanced(
-        reference=args.reference,
-        lines=args.lines,
-        language=args.language,
-        transcript=args.transcript,
-        options=speech_options(args),
-        output_dir=args.out,
-        storage_block=args.storage_block,
-        models_block=args.models_block,
-        return_state=True,
-    )
+    state = clone_enhanced(reference=args.reference, lines=args.lines, transcript=args.transcript, **_run(args))
     return print_speech(state)
 
 
@@ -113,16 +115,7 @@ def synth(args: argparse.Namespace) -> int:
         mode, voice = "custom", {"speaker": args.speaker, "instruction": args.instruct}
     else:
         mode, voice = "clone", {"reference": args.clone, "reference_transcript": args.transcript}
-    state = synthesize(
-        mode=mode,
-        items=[SpeechItem(text=text, **voice) for text in args.texts],
-        language=args.language,
-        options=speech_options(args),
-        output_dir=args.out,
-        storage_block=args.storage_block,
-        models_block=args.models_block,
-        return_state=True,
-    )
+    state = synthesize(mode=mode, items=[SpeechItem(text=text, **voice) for text in args.texts], **_run(args))
     return print_speech(state)
 
 
