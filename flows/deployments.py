@@ -37,7 +37,8 @@ def _concurrency() -> Any:
 
 
 def deployment(entry: FlowEntry, inbox: str, cron: str | None = None, interval_s: float | None = None) -> Any:
-    """The served deployment of one flow; a scheduled flow gets ``cron`` (its default) or ``interval_s``."""
+    """The served deployment of one flow; the inbox watcher's schedule is ``cron`` (its default) or every
+    ``interval_s`` seconds, other scheduled flows keep their own."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron, Interval
 
@@ -45,7 +46,8 @@ def deployment(entry: FlowEntry, inbox: str, cron: str | None = None, interval_s
     if entry.inbox_parameter:
         options["parameters"] = {**entry.parameters, entry.inbox_parameter: inbox}
     if entry.cron:
-        options["schedule"] = Interval(interval_s) if interval_s else Cron(cron or entry.cron)
+        watcher = entry.inbox_parameter is not None
+        options["schedule"] = Interval(interval_s) if watcher and interval_s else Cron((watcher and cron) or entry.cron)
     if entry.one_run_at_a_time:  # a tick that finds the previous run still working is cancelled
         options["concurrency_limit"] = _concurrency()
     return entry.load().to_deployment(

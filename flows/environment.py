@@ -8,7 +8,9 @@ from typing import Any
 
 from prefect import Task
 
+from voxflow.storage.catalog import Catalog
 from voxflow.storage.settings import StoreSettings
+from voxflow.storage.store import shared_store
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.stage import with_results
 
@@ -65,5 +67,6 @@ def environment(storage_block: str | None, models_block: str | None = None) -> E
     from voxflow.blocks.results import VoxflowResults
 
     settings = store_settings(storage_block)
+    Catalog(shared_store(settings)).require_migrated()  # a run never writes half into an old-format catalog
     results = VoxflowResults.for_store(settings, storage_block)
     return Environment(settings, _saved_results(get_current_settings().api.url, results), model_settings(models_block))

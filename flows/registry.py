@@ -106,6 +106,15 @@ INGEST_FOLDER = FlowEntry(
     one_run_at_a_time=True,
 )
 
+CATALOG_MAINTENANCE = FlowEntry(
+    "catalog-maintenance",
+    "catalog_maintenance",
+    "catalog_maintenance",
+    "Compact, checkpoint and vacuum the catalog's Delta tables (safe while writers run).",
+    cron="17 3 * * *",  # daily, at a quiet hour
+    one_run_at_a_time=True,
+)
+
 FLOWS: tuple[FlowEntry, ...] = (
     INGEST,
     TRANSCRIBE,
@@ -114,6 +123,7 @@ FLOWS: tuple[FlowEntry, ...] = (
     CLONE_ENHANCED,
     SYNTHESIZE,
     INGEST_FOLDER,
+    CATALOG_MAINTENANCE,
 )
 PER_FILE: tuple[str, ...] = tuple(entry.name for entry in FLOWS if entry.per_file)
 PerFileFlow = Literal[PER_FILE]  # type: ignore[valid-type]  # ingest-folder's choice, a dropdown in the UI

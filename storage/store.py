@@ -97,6 +97,11 @@ class ArtifactStore(ABC):
     def pyarrow_filesystem(self) -> tuple[object, str]:
         """A ``pyarrow.fs`` filesystem and the root path in it, for dataset scans."""
 
+    @abstractmethod
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        """Where the Delta table under ``key`` lives for delta-rs: its URI and its storage options
+        (credentials included: never log them)."""
+
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         """Store bytes under the key."""
         return self._put_stream(key, io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
@@ -182,6 +187,9 @@ class LocalStore(ArtifactStore):
         import pyarrow.fs
 
         return pyarrow.fs.LocalFileSystem(), str(self.root)
+
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        return str(self._path(key.rstrip("/"))), {}
 
 
 class S3Store(ArtifactStore):
@@ -374,6 +382,20 @@ class S3Store(ArtifactStore):
             endpoint_override=s.endpoint_url,
         )
         return fs, f"{self.bucket}/{self.prefix}".rstrip("/")
+
+    def table_location(self, key: str) -> tuple[str, dict[str, str]]:
+        """Commits on S3 are safe for concurrent writers: delta-rs writes each log entry with a
+        conditional put (``If-None-Match``), which AWS S3, SeaweedFS, MinIO and R2 honour."""
+        s = self.settings
+        options = {
+            "AWS_REGION": s.region or "us-east-1",
+            "AWS_ENDPOINT_URL": s.endpoint_url,
+            "AWS_ALLOW_HTTP": "true" if (s.endpoint_url or "").startswith("http://") else None,
+            "AWS_ACCESS_KEY_ID": s.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s.secret_access_key,
+            "AWS_SESSION_TOKEN": s.session_token,
+        }
+        return self.uri(key.rstrip("/")), {k: v for k, v in options.items() if v}
 
 
 def open_store(settings: StoreSettings, **s3_options) -> ArtifactStore:

@@ -40,24 +40,61 @@ def s3_endpoint() -> str:
 
 @pytest.fixture
 def s3_settings(s3_endpoint: str) -> StoreSettings:
-    """A fresh bucket on the S3 server and store settings for a prefix in it."""
+    """A fresh bucket on the moto S3 server and store settings for a prefix in it."""
+    return _bucket_settings(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def seaweed_endpoint(tmp_path_factory) -> str:
+    """A real SeaweedFS S3 gateway on 127.0.0.1 for the session: it enforces credentials, checksums and
+    conditional writes as AWS S3 does (moto is lenient)."""
+    from tests import servers
+
+    with servers.seaweedfs(tmp_path_factory.mktemp("seaweedfs"), S3_KEY_ID, S3_SECRET) as endpoint:
+        _bucket_settings(endpoint)  # warm it up: its first bucket takes a while
+        yield endpoint
+
+
+SEAWEED_BUCKET = "voxflow-tests"  # one bucket for the session (every bucket costs SeaweedFS volumes)
+
+
+def _bucket_settings(endpoint: str, bucket: str | None = None) -> StoreSettings:
+    """Store settings for a fresh prefix in ``bucket`` (created when None: a new bucket)."""
     import boto3
 
-    bucket = f"voxflow-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY_ID,
-        aws_secret_access_key=S3_SECRET,
-    ).create_bucket(Bucket=bucket)
+    if bucket is None:
+        bucket = f"voxflow-{uuid.uuid4().hex[:12]}"
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEY_ID,
+            aws_secret_access_key=S3_SECRET,
+        ).create_bucket(Bucket=bucket)
     return StoreSettings(
-        location=f"s3://{bucket}/store",
-        endpoint_url=s3_endpoint,
+        location=f"s3://{bucket}/{uuid.uuid4().hex[:12]}",
+        endpoint_url=endpoint,
         region="us-east-1",
         access_key_id=S3_KEY_ID,
         secret_access_key=S3_SECRET,
     )
+
+
+@pytest.fixture
+def seaweed_settings(seaweed_endpoint: str) -> StoreSettings:
+    """A fresh prefix in the session's bucket on the SeaweedFS server."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=seaweed_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+    )
+    if SEAWEED_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=SEAWEED_BUCKET)
+    return _bucket_settings(seaweed_endpoint, SEAWEED_BUCKET)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
 from tests.conftest import CORPUS
 from voxflow.flows.ingest_folder import ingest_folder
@@ -150,5 +151,5 @@ def test_voxflow_transcribe_command_prints_a_speaker_labelled_transcript(tiny_mo
     assert "== sample.wav" in result.stdout and "[SPEAKER_0" in result.stdout
     names = {p.name for p in (tmp_path / ".voxflow" / "artifacts").rglob("*") if p.is_file()}
     assert {"diarization.rttm", "exclusive.rttm", "transcript.srt", "transcript.vtt", "transcript.json"} <= names
-    segments = pd.concat(pd.read_parquet(p) for p in (tmp_path / ".voxflow" / "catalog" / "segments").glob("*.parquet"))
+    segments = DeltaTable(str(tmp_path / ".voxflow" / "catalog" / "segments")).to_pandas()
     assert set(segments["stage"]) == {"diarize", "transcribe"}

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import pytest
+from deltalake import DeltaTable
 
 from tests.conftest import CORPUS
 from tests.synth import tone_and_noise, write_audio
@@ -20,12 +20,13 @@ JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
 @pytest.fixture
 def run_cli(tmp_path):
     """Run ``voxflow ...`` in a clean environment: ephemeral Prefect API, store in ./.voxflow."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    base.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     voxflow = Path(sys.executable).with_name("voxflow")
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(voxflow), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        command, environment = [str(voxflow), *args], {**base, **(env or {})}
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
 
     return run
 
@@ -36,17 +37,15 @@ def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "jfk.flac  done" in first.stdout and "1 done, 0 cached, 0 failed" in first.stdout
 
-    files_glob = tmp_path / ".voxflow" / "catalog" / "files" / "*.parquet"
-    rows = duckdb.sql(
-        f"SELECT sha256, duration_s, sample_rate_hz, channels FROM read_parquet('{files_glob}')"
-    ).fetchall()
+    files = DeltaTable(str(tmp_path / ".voxflow" / "catalog" / "files")).to_pyarrow_dataset()  # noqa: F841  (as README)
+    rows = duckdb.sql("SELECT sha256, duration_s, sample_rate_hz, channels FROM files").fetchall()
     assert rows == [(JFK_SHA256, 11.0, 44100, 2)]
+    version = DeltaTable(str(tmp_path / ".voxflow" / "catalog" / "files")).version()
 
     second = run_cli("ingest", jfk)
     assert second.returncode == 0, second.stderr
     assert "jfk.flac  cached" in second.stdout and "0 done, 1 cached" in second.stdout
-    frame = pd.concat(pd.read_parquet(p) for p in files_glob.parent.glob("*.parquet"))
-    assert len(frame) == 1  # no row added, even before de-duplication
+    assert DeltaTable(str(tmp_path / ".voxflow" / "catalog" / "files")).version() == version  # nothing written
 
     shown = run_cli("catalog", "stage_runs", "--columns", "stage,status,cache_hit")
     assert shown.returncode == 0 and shown.stdout.split().count("True") == 1
@@ -72,3 +71,28 @@ def test_missing_path(run_cli):
     result = run_cli("ingest", "does-not-exist.flac")
     assert result.returncode == 2
     assert result.stderr.strip().endswith("does-not-exist.flac: no such file or folder")
+
+
+def test_catalog_time_travel_compaction_and_migration_from_the_command_line(run_cli, tmp_path):
+    from tests.test_catalog import _legacy_store
+
+    legacy = _legacy_store(tmp_path / "old")
+    env_store = str(legacy.store.root)
+    refused = run_cli("ingest", str(CORPUS / "denoise_babble" / "speech.wav"), env={"VOXFLOW_HOME": env_store})
+    assert refused.returncode == 1 and "run 'voxflow catalog migrate' once" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    migrated = run_cli("catalog", "migrate", env={"VOXFLOW_HOME": env_store})
+    assert migrated.returncode == 0 and "files       2" in migrated.stdout, migrated.stdout
+
+    first = run_cli("ingest", str(CORPUS / "denoise_babble" / "speech.wav"))
+    assert first.returncode == 0, first.stderr
+    before = run_cli("catalog", "files", "--as-of", "1", "--columns", "source_name")  # version 1: the first ingest
+    later = run_cli("ingest", str(CORPUS / "asr_en_jfk" / "jfk.flac"))
+    assert later.returncode == 0
+    assert "speech.wav" in before.stdout and "jfk.flac" not in before.stdout
+    now = run_cli("catalog", "files", "--columns", "source_name")
+    assert "jfk.flac" in now.stdout and "speech.wav" in now.stdout
+    compacted = run_cli("catalog", "compact", "--tables", "files,stage_runs", "--retention-hours", "0")
+    assert compacted.returncode == 0, compacted.stderr
+    assert "files" in compacted.stdout and "stage_runs" in compacted.stdout
+    assert "jfk.flac" in run_cli("catalog", "files", "--columns", "source_name").stdout

@@ -75,7 +75,7 @@ def test_second_run_is_a_cache_hit_without_decoding(tmp_path, use_store, monkeyp
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
     assert ingest(paths=[jfk]).count("done") == 1
-    parts = {t: len(catalog.part_keys(t)) for t in ("files", "artifacts")}
+    versions = {t: catalog.version(t) for t in ("files", "artifacts")}
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cache hit must not decode")
@@ -84,7 +84,7 @@ def test_second_run_is_a_cache_hit_without_decoding(tmp_path, use_store, monkeyp
     report = ingest(paths=[jfk])
     assert report.count("cached") == 1
     assert report.outcomes[0].result.stats.duration_s == pytest.approx(11.0)
-    assert {t: len(catalog.part_keys(t)) for t in ("files", "artifacts")} == parts  # no row written again
+    assert {t: catalog.version(t) for t in ("files", "artifacts")} == versions  # nothing written again
     runs = catalog.frame("stage_runs").sort_values("recorded_at")
     assert list(runs["cache_hit"]) == [False, True]
 
@@ -198,7 +198,10 @@ def test_s3_source_into_s3_store(s3_settings, use_store):
     assert files.loc["jfk.flac", "source_uri"] == f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"
     assert files.loc["jfk.flac", "sha256"] == _sha256sums()["asr_en_jfk/jfk.flac"]
     assert catalog.dataset("artifacts").count_rows() == 2
-    assert all(uri.startswith(f"s3://{location.bucket}/store/artifacts/") for uri in catalog.frame("artifacts")["uri"])
+    assert all(
+        uri.startswith(f"s3://{location.bucket}/{location.path}/artifacts/")
+        for uri in catalog.frame("artifacts")["uri"]
+    )
     assert ingest(paths=[f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"]).count("cached") == 1
     # secrets never reach the catalog, nor the flow/task runs and logs the Prefect API keeps
     for table in ("files", "artifacts", "stage_runs"):
@@ -242,3 +245,16 @@ def test_working_audio_matches_direct_compute(tmp_path, use_store):
     art = catalog.frame("artifacts").iloc[0]
     stored, _ = audio.decode_wav_bytes(open_store(StoreSettings.from_env()).get_bytes(art["key"]))
     np.testing.assert_array_equal(stored, expected)
+
+
+def test_a_run_on_an_unmigrated_catalog_stops_at_once_naming_the_command(tmp_path, use_store):
+    from tests.test_catalog import _legacy_store
+    from voxflow.storage.catalog import UnmigratedCatalog
+
+    legacy = _legacy_store(tmp_path)  # a store written by the part-file catalog
+    use_store(StoreSettings(location=str(legacy.store.root)))
+    with pytest.raises(UnmigratedCatalog, match="run 'voxflow catalog migrate' once to convert it"):
+        ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")])
+    assert not (legacy.store.root / "artifacts").exists()  # nothing was computed or written
+    assert legacy.migrate("files") == 2 and legacy.migrate("stage_runs") == 1
+    assert ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")]).count("done") == 1

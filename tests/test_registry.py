@@ -46,6 +46,9 @@ def test_served_deployments_come_from_the_registry(tmp_path):
     served = deployments(inbox=str(tmp_path), interval_s=30)
     assert [d.name for d in served] == [entry.name for entry in registry.FLOWS]
     assert [d.entrypoint for d in served] == [entry.entrypoint.replace(":", ".") for entry in registry.FLOWS]
-    folder = served[-1]
+    by_name = {d.name: d for d in served}
+    folder = by_name[registry.INGEST_FOLDER.name]
     assert folder.parameters == {"source": str(tmp_path)} and folder.concurrency_limit == 1
-    assert [s.schedule.interval.total_seconds() for s in folder.schedules] == [30.0]
+    assert [s.schedule.interval.total_seconds() for s in folder.schedules] == [30.0]  # the inbox watcher's
+    maintenance = by_name[registry.CATALOG_MAINTENANCE.name]  # keeps its own daily schedule
+    assert [s.schedule.cron for s in maintenance.schedules] == ["17 3 * * *"] and maintenance.concurrency_limit == 1

@@ -79,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from voxflow.storage.errors import StorageError
+
+        if not isinstance(e, StorageError):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # names the store or object and the cause, in one line
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from voxflow.storage.settings import voxflow_home
 
 GPU_LIMIT = "gpu"
 LEASE_S = 60.0
-_ensured: set[str] = set()
+_ensured: set[tuple[str, str]] = set()  # (Prefect API, limit name) pairs known to exist
 
 
 def gpu_slots() -> int:
@@ -43,22 +43,28 @@ def _api_url() -> str | None:
     return get_current_settings().api.url
 
 
-def ensure_gpu_limit(slots: int) -> None:
-    """Create the ``gpu`` limit with ``slots`` slots unless it exists (an existing one is left as set)."""
+def ensure_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` with ``slots`` slots unless it exists (an existing one
+    is left as its owner set it); once per limit and Prefect API in this process."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    api = _api_url() or "ephemeral"
-    if api in _ensured:
+    ensured = (_api_url() or "ephemeral", name)
+    if ensured in _ensured:
         return
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+            client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
-    _ensured.add(api)
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+    _ensured.add(ensured)
+
+
+def ensure_gpu_limit(slots: int) -> None:
+    """Create the ``gpu`` limit with ``slots`` slots unless it exists."""
+    ensure_limit(GPU_LIMIT, slots)
 
 
 def _alive(pid: int) -> bool:
