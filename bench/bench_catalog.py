@@ -93,23 +93,14 @@ def _timed(run) -> float:
 def concurrent_side(where: str, processes: int, rows: int) -> dict:
     """``processes`` writers of ``rows`` rows each, all at once; rows found and seconds taken."""
     from tests.conftest import S3_KEY_ID, S3_SECRET
-    from tests.servers import seaweedfs
+    from tests.servers import s3_client, seaweedfs
     from voxflow.storage.settings import StoreSettings
 
     with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as folder:
         if where == "local":
             return _writers(StoreSettings(location=f"{folder}/store"), processes, rows)
         with seaweedfs(Path(folder) / "seaweedfs", S3_KEY_ID, S3_SECRET) as endpoint:
-            import boto3
-
-            client = boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id=S3_KEY_ID,
-                aws_secret_access_key=S3_SECRET,
-            )
-            client.create_bucket(Bucket="voxflow-bench")
+            s3_client(endpoint, S3_KEY_ID, S3_SECRET).create_bucket(Bucket="voxflow-bench")
             settings = StoreSettings(
                 location="s3://voxflow-bench/store",
                 endpoint_url=endpoint,
@@ -144,6 +135,19 @@ def _writers(settings, processes: int, rows: int) -> dict:
     return {"rows": len(frame), "unique": frame["task_run_id"].nunique(), "seconds": seconds, "failed": failed}
 
 
+def _row(label: str, parts: dict, delta: dict) -> list[str]:
+    """One line of the append table."""
+    return [
+        label,
+        cell(parts["append_ms"]),
+        cell(delta["append_ms"]),
+        cell(parts["read_s"], 2),
+        cell(delta["read_s"], 2),
+        cell(delta["maintain_s"], 2),
+        cell(delta["read_after_s"], 3),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appends", default="1000,10000", help="comma-separated append counts (default 1000,10000)")
@@ -156,32 +160,12 @@ def main() -> None:
     table = []
     for appends in [int(n) for n in args.appends.split(",")]:
         delta, parts = delta_side(appends), parts_side(appends)
-        table.append(
-            [
-                f"{appends:,} x 1 row",
-                cell(parts["append_ms"]),
-                cell(delta["append_ms"]),
-                cell(parts["read_s"], 2),
-                cell(delta["read_s"], 2),
-                cell(delta["maintain_s"], 2),
-                cell(delta["read_after_s"], 3),
-            ]
-        )
+        table.append(_row(f"{appends:,} x 1 row", parts, delta))
         print(f"{appends} appends: parts {parts}, delta {delta}", flush=True)
     if args.big_rows:
         batches = args.big_rows // 100
         delta, parts = delta_side(batches, 100), parts_side(batches, 100)
-        table.append(
-            [
-                f"{batches:,} x 100 rows",
-                cell(parts["append_ms"]),
-                cell(delta["append_ms"]),
-                cell(parts["read_s"], 2),
-                cell(delta["read_s"], 2),
-                cell(delta["maintain_s"], 2),
-                cell(delta["read_after_s"], 3),
-            ]
-        )
+        table.append(_row(f"{batches:,} x 100 rows", parts, delta))
         print(f"{args.big_rows} rows: parts {parts}, delta {delta}", flush=True)
     print_table(
         [

@@ -7,7 +7,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from voxflow.tasks.kit.models import ModelSettings
+from voxflow.tasks.kit.models import ModelSettings, WhisperBackend
 
 
 class VoxflowModels(Block):
@@ -21,8 +21,21 @@ class VoxflowModels(Block):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks CUDA when present.")
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token (pyannote models are gated).")
+    whisper_model: str | None = Field(
+        default=None, description="Default Whisper model of the transcribe stage (VOXFLOW_WHISPER_MODEL; else turbo)."
+    )
+    whisper_backend: WhisperBackend | None = Field(
+        default=None,
+        description="Default Whisper backend: whisper (PyTorch) or faster-whisper (VOXFLOW_WHISPER_BACKEND; else whisper).",
+    )
 
     def settings(self) -> ModelSettings:
         """What the stages need (the token stays a SecretStr); unset fields fall back to the environment."""
         env = ModelSettings.from_env()
-        return ModelSettings(self.model_dir or env.model_dir, self.device, self.hf_token or env.hf_token)
+        return ModelSettings(
+            self.model_dir or env.model_dir,
+            self.device,
+            self.hf_token or env.hf_token,
+            self.whisper_model or env.whisper_model,
+            self.whisper_backend or env.whisper_backend,
+        )

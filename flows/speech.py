@@ -145,7 +145,7 @@ class Voice:
         said = ReferenceText(transcript) if transcript else None
         if said is None:  # 3. what the reference says, when not given
             said = f["transcribe"] = env.stage(transcribe_audio).submit(
-                f["reference"], None, options.transcribe, env.settings, env.models
+                f["reference"], None, options.transcribe.resolved(env.models), env.settings, env.models
             )
         f["voice_prompt"] = env.stage(clone_prompt).submit(  # 4. computed once per (reference, model)
             f["reference"], said, options.synthesize.voice_prompt_options(), env.settings, env.models

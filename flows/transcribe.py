@@ -38,7 +38,7 @@ class TranscribeFlowOptions(Options):
     run_diarize: Annotated[bool, Field(description="Label speakers (else every segment is unlabelled).")] = True
     ingest: Annotated[
         IngestOptions | None,
-        Field(description="Working audio; empty: 16 kHz mono, or the source's rate when separating."),
+        Field(description="Working audio; empty: 16 kHz with the source's channels, or its own rate when separating."),
     ] = None
     separate: SeparateOptions = field(default_factory=SeparateOptions)
     denoise: DenoiseOptions = field(default_factory=DenoiseOptions)
@@ -46,7 +46,7 @@ class TranscribeFlowOptions(Options):
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
 
     def ingest_options(self) -> IngestOptions:
-        return self.ingest or (ingest.NATIVE if self.run_separate else ingest.SPEECH)
+        return self.ingest or (ingest.NATIVE if self.run_separate else ingest.SPEECH_CHANNELS)
 
 
 def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
@@ -63,14 +63,16 @@ def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Envi
     if options.run_diarize:  # 4. who speaks when
         turns = futures["diarize"] = env.stage(diarize_audio).submit(audio, options.diarize, env.settings, env.models)
     futures["transcribe"] = env.stage(transcribe_audio).submit(  # 5. what they say
-        audio, turns, options.transcribe, env.settings, env.models
+        audio, turns, options.transcribe.resolved(env.models), env.settings, env.models
     )
     return futures
 
 
 def transcript_lines(result: transcription.TranscribeResult, settings: StoreSettings) -> tuple[str, ...]:
-    """``[SPEAKER_00 0:01.2] text`` per segment: what the command line prints of a file."""
-    return tuple(result.transcript_lines(settings))
+    """``[SPEAKER_00 0:01.2] text`` per segment (after a ``note:`` line when there is a suggestion):
+    what the command line prints of a file."""
+    note = (f"note: {result.suggestion}",) if result.suggestion else ()
+    return note + tuple(result.transcript_lines(settings))
 
 
 PIPELINE = FilePipeline.of_stages(

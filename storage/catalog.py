@@ -130,6 +130,9 @@ SEGMENTS = TableSpec(
             ("language", pa.string()),
             ("avg_logprob", pa.float64()),
             ("no_speech_prob", pa.float64()),
+            ("low_confidence", pa.bool_()),  # transcribe: mean log-probability below its min_confidence
+            ("model", pa.string()),  # transcribe: the Whisper model that decoded it
+            ("chosen", pa.bool_()),  # transcribe: in the transcript (false: a second-pass alternative)
             ("words", pa.list_(WORD)),
             ("artifact_uri", pa.string()),
             ("flow_run_id", pa.string()),
@@ -295,6 +298,13 @@ def _storage_error(uri: str, error: Exception) -> StorageError:
     return (StorageError if permanent else TransientStorageError)(uri, f"catalog table: {text}")
 
 
+def with_columns_of(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` in ``schema``: a column added to the schema after they were written reads as null
+    (the table gains it with its next write, by Delta schema evolution)."""
+    columns = [rows.column(f.name) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
+
+
 class Catalog:
     """The catalog tables stored below ``catalog/`` in an artifact store."""
 
@@ -321,8 +331,9 @@ class Catalog:
             delta.load_as_version(as_of)
         return delta
 
-    def _create(self, spec: TableSpec) -> Any:
-        """The table, created empty with its schema unless it exists (concurrent creators agree).
+    def _create(self, spec: TableSpec, *, migrating: bool = False) -> Any:
+        """The table, created empty with its schema unless it exists (concurrent creators agree);
+        refused while the table still has part files, unless ``migrating`` them.
 
         Creators that start together are spread out and retried: SeaweedFS answers 500 to concurrent
         conditional puts into a folder that does not exist yet, until one of them has made it.
@@ -330,7 +341,7 @@ class Catalog:
         from deltalake import DeltaTable
 
         uri, options = self.location(spec.name)
-        if self.legacy_parts(spec.name):
+        if not migrating and self.legacy_parts(spec.name):
             raise UnmigratedCatalog(uri)
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
@@ -396,7 +407,7 @@ class Catalog:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 delta = self._delta(spec.name) or self._create(spec)
-                merge = delta.merge(batch, predicate=predicate, source_alias="s", target_alias="t")
+                merge = delta.merge(batch, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True)
                 merge.when_matched_update_all().when_not_matched_insert_all().execute()
                 return delta.version()
             except CommitFailedError:  # a concurrent commit touched what this merge read: read again
@@ -428,7 +439,7 @@ class Catalog:
         delta = self._delta(table, as_of)
         if delta is None:
             return deduplicate(self.dataset(table).to_table(), spec.primary_key)
-        rows = delta.to_pyarrow_table().select(spec.schema.names).cast(spec.schema)
+        rows = with_columns_of(delta.to_pyarrow_table(), spec.schema)
         return rows.sort_by([("recorded_at", "ascending")])  # in the order they were recorded
 
     def frame(self, table: str, as_of: datetime | int | str | None = None):
@@ -474,22 +485,9 @@ class Catalog:
         rows = ds.dataset([f"{root}/{k}" for k in parts], schema=spec.schema, format="parquet", filesystem=filesystem)
         latest = deduplicate(rows.to_table(), spec.primary_key)
         if latest.num_rows:
-            self._merge_into_existing_or_new(spec, latest)
+            if self._delta(spec.name) is None:
+                self._create(spec, migrating=True)
+            self._merge(spec, latest)
         for key in parts:
             self.store.delete(key)
         return latest.num_rows
-
-    def _merge_into_existing_or_new(self, spec: TableSpec, batch: pa.Table) -> None:
-        from deltalake import DeltaTable
-
-        if self._delta(spec.name) is None:
-            uri, options = self.location(spec.name)
-            DeltaTable.create(
-                uri,
-                spec.schema,
-                mode="ignore",
-                name=spec.name,
-                storage_options=options,
-                configuration=TABLE_CONFIGURATION,
-            )
-        self._merge(spec, batch)

@@ -21,7 +21,9 @@ the loader sets it to 0 when it is unset, so nothing leaves the machine unless a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -186,9 +188,11 @@ def load_diarize_model(
     A local folder (``<model_dir>/pyannote/<repository name>/``, else ``name`` itself) is read with
     ``Pipeline.from_pretrained(folder)``; otherwise the Hugging Face hub (gated: needs ``token``).
     """
-    folder = local_pipeline(name, ModelSettings(model_dir=str(model_dir) if model_dir else None))
+    settings = ModelSettings(model_dir=str(model_dir) if model_dir else None)
+    folder = local_pipeline(name, settings)
     key = (LIBRARY, name, str(folder) if folder else None)
-    return RESIDENT.get(key, device, lambda: _load_pipeline(name, folder, device, token), stage=STAGE)
+    expected = settings.folder / LIBRARY / local_folder_name(name) if settings.folder else None
+    return RESIDENT.get(key, device, lambda: _load_pipeline(name, folder, device, token, expected), stage=STAGE)
 
 
 def import_pyannote() -> Any:
@@ -199,14 +203,19 @@ def import_pyannote() -> Any:
     return pyannote.audio
 
 
-def _load_pipeline(name: str, folder: Path | None, device: str, token: str | None) -> Any:
+def _load_pipeline(name: str, folder: Path | None, device: str, token: str | None, expected: Path | None) -> Any:
+    """Load from ``folder``, else from the hub (``expected``: where the folder was looked for)."""
     import torch
 
     Pipeline = import_pyannote().Pipeline
     if folder is not None:
         pipeline = Pipeline.from_pretrained(folder)
     else:
-        with hub_errors(name, gated_url=HUB_URL.format(name=name)):
+        # pyannote prints a help text when the hub fails: the one-line error below says it instead
+        with (
+            hub_errors(name, gated_url=HUB_URL.format(name=name), folder=expected),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
             pipeline = Pipeline.from_pretrained(name, token=token)
     if pipeline is None:
         raise ModelNotFound(
@@ -220,7 +229,7 @@ def _pull(name: str, settings: ModelSettings) -> Path:
     from huggingface_hub import snapshot_download
 
     target = settings.library_dir(LIBRARY) / local_folder_name(name)
-    with hub_errors(name, gated_url=HUB_URL.format(name=name)):
+    with hub_errors(name, gated_url=HUB_URL.format(name=name), folder=target):
         snapshot_download(name, token=settings.token(), local_dir=target)
     return target
 

@@ -46,6 +46,7 @@ class IngestOptions(Options):
 
 
 SPEECH = IngestOptions()  # 16 kHz mono: what the speech models read
+SPEECH_CHANNELS = IngestOptions(mono=False)  # 16 kHz, channels kept (per-channel transcription)
 NATIVE = IngestOptions(sample_rate_hz=None, mono=False)  # the source's own rate and channels (for separation)
 
 

@@ -256,7 +256,7 @@ def pull_tts_model(name: str, settings: ModelSettings) -> Path:
     from huggingface_hub import snapshot_download
 
     target = settings.library_dir(LIBRARY) / local_folder_name(name)
-    with hub_errors(name, gated_url=HUB_URL.format(name=name)):
+    with hub_errors(name, gated_url=HUB_URL.format(name=name), folder=target):
         snapshot_download(name, token=settings.token(), local_dir=target)
     return target
 

@@ -17,6 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.servers import s3_client  # noqa: E402
 from voxflow.storage.settings import StoreSettings  # noqa: E402
 from voxflow.storage.store import LocalStore, open_store  # noqa: E402
 
@@ -60,17 +61,9 @@ SEAWEED_BUCKET = "voxflow-tests"  # one bucket for the session (every bucket cos
 
 def _bucket_settings(endpoint: str, bucket: str | None = None) -> StoreSettings:
     """Store settings for a fresh prefix in ``bucket`` (created when None: a new bucket)."""
-    import boto3
-
     if bucket is None:
         bucket = f"voxflow-{uuid.uuid4().hex[:12]}"
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_KEY_ID,
-            aws_secret_access_key=S3_SECRET,
-        ).create_bucket(Bucket=bucket)
+        s3_client(endpoint, S3_KEY_ID, S3_SECRET).create_bucket(Bucket=bucket)
     return StoreSettings(
         location=f"s3://{bucket}/{uuid.uuid4().hex[:12]}",
         endpoint_url=endpoint,
@@ -83,15 +76,7 @@ def _bucket_settings(endpoint: str, bucket: str | None = None) -> StoreSettings:
 @pytest.fixture
 def seaweed_settings(seaweed_endpoint: str) -> StoreSettings:
     """A fresh prefix in the session's bucket on the SeaweedFS server."""
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=seaweed_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY_ID,
-        aws_secret_access_key=S3_SECRET,
-    )
+    client = s3_client(seaweed_endpoint, S3_KEY_ID, S3_SECRET)
     if SEAWEED_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=SEAWEED_BUCKET)
     return _bucket_settings(seaweed_endpoint, SEAWEED_BUCKET)

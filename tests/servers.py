@@ -246,16 +246,7 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{s3}"
 
     def ready() -> bool:
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-        )
-        client.list_buckets()
+        s3_client(endpoint, access_key, secret_key).list_buckets()
         return True
 
     try:
@@ -277,3 +268,16 @@ def _quietly(check: Callable[[], bool]) -> bool:
         return check()
     except Exception:
         return False
+
+
+def s3_client(endpoint: str, access_key: str, secret_key: str):
+    """A boto3 S3 client for a loopback S3 server (moto or SeaweedFS)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+    )

@@ -83,3 +83,29 @@ def _saved_documents() -> list[dict]:
             return [{"block_type_slug": d.block_type.slug, "data": d.data} for d in docs]
 
     return asyncio.run(read())
+
+
+def test_the_models_block_names_the_default_whisper_and_a_flow_option_wins(monkeypatch):
+    from voxflow.tasks.kit.models import ModelSettings
+    from voxflow.tasks.transcribe import TranscribeOptions
+
+    monkeypatch.delenv("VOXFLOW_WHISPER_MODEL", raising=False)
+    monkeypatch.setenv("VOXFLOW_WHISPER_BACKEND", "whisper")
+    VoxflowModels(whisper_model="large-v3", whisper_backend="faster-whisper").save("whisper-defaults", overwrite=True)
+    settings = VoxflowModels.load("whisper-defaults").settings()
+    assert (settings.whisper_model, settings.whisper_backend) == ("large-v3", "faster-whisper")  # the Block wins
+    resolved = TranscribeOptions().resolved(settings)
+    assert (resolved.model, resolved.backend) == ("large-v3", "faster-whisper")
+    assert TranscribeOptions(model="base").resolved(settings).model == "base"  # the flow's own option wins
+    monkeypatch.setenv("VOXFLOW_WHISPER_MODEL", "small")
+    from_env = TranscribeOptions().resolved(ModelSettings.from_env())
+    assert (from_env.model, from_env.backend) == ("small", "whisper")
+    monkeypatch.delenv("VOXFLOW_WHISPER_MODEL")
+    monkeypatch.delenv("VOXFLOW_WHISPER_BACKEND")
+    assert (
+        TranscribeOptions().resolved(ModelSettings.from_env()).model,
+        TranscribeOptions().resolved(ModelSettings()).backend,
+    ) == ("turbo", "whisper")
+    monkeypatch.setenv("VOXFLOW_WHISPER_BACKEND", "whisperx")
+    with pytest.raises(ValueError, match="VOXFLOW_WHISPER_BACKEND must be whisper or faster-whisper"):
+        ModelSettings.from_env()

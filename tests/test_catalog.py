@@ -277,3 +277,25 @@ def test_the_maintenance_flow_runs_while_processes_write(tmp_path, use_store):
     assert [d["table"] for d in done] == ["stage_runs", "files"] and done[0]["files_before"] >= 2
     runs = catalog.frame("stage_runs")
     assert len(runs) == 70 and runs["task_run_id"].nunique() == 70  # no write lost or doubled around it
+
+
+def test_a_table_written_before_a_column_was_added_gains_it_on_its_next_write(tmp_path):
+    from deltalake import write_deltalake
+
+    catalog = Catalog(open_store(StoreSettings(location=str(tmp_path))))
+    schema = TABLES["segments"].schema
+    added = ("low_confidence", "model", "chosen")  # the columns the second release of the table added
+    older = pa.schema([f for f in schema if f.name not in added])
+    old_row = {"segment_id": "a", "stage": "transcribe", "text": "before", "recorded_at": datetime.now(UTC)}
+    write_deltalake(str(tmp_path / "catalog" / "segments"), pa.Table.from_pylist([old_row], schema=older))
+    before = catalog.frame("segments")
+    assert list(before.columns) == schema.names and before["model"].isna().all()  # read with nulls
+    catalog.append(
+        "segments", [{"segment_id": "b", "stage": "transcribe", "text": "after", "model": "base", "chosen": True}]
+    )
+    rows = catalog.frame("segments").set_index("segment_id")
+    assert rows.loc["b", "model"] == "base" and bool(rows.loc["b", "chosen"]) and rows.loc["a", "text"] == "before"
+    assert rows.loc["a", "model"] is None or rows.loc["a", "model"] != rows.loc["a", "model"]  # None or NaN
+    from deltalake import DeltaTable
+
+    assert set(added) <= set(DeltaTable(str(tmp_path / "catalog" / "segments")).schema().to_arrow().names)

@@ -146,7 +146,8 @@ def test_a_missing_gated_model_fails_at_once_with_one_line(tmp_path, monkeypatch
         load_diarize_model(DEFAULT_MODEL, "cpu", tmp_path / "no-models")
     message = str(caught.value)
     assert "\n" not in message and DEFAULT_MODEL in message
-    assert "VOXFLOW_MODEL_DIR" in message and "voxflow models pull" in message
+    assert str(tmp_path / "no-models" / "pyannote") in message and "voxflow models pull" in message
+    assert "HF_TOKEN" in message
 
 
 def test_a_pipeline_that_pyannote_cannot_load_is_a_model_not_found(tmp_path, monkeypatch):

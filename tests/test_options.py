@@ -49,10 +49,10 @@ def test_the_check_the_form_and_the_help_come_from_one_declaration():
     with pytest.raises(InvalidOptions, match=r"^TranscribeOptions.chunk_s: Input should be less than or equal to 30"):
         TranscribeOptions(chunk_s=31.0)
     schema = TypeAdapter(TranscribeOptions).json_schema()["properties"]["chunk_s"]
-    assert (schema["maximum"], schema["default"]) == (30, 30.0)
+    assert (schema["maximum"], schema["default"]) == (30, 20.0)
     info = describe(TranscribeOptions, "chunk_s")
-    assert info.description == schema["description"] and info.default == 30.0 and info.type is float
-    assert info.help() == f"{schema['description'].rstrip('.')} (default 30.0)"
+    assert info.description == schema["description"] and info.default == 20.0 and info.type is float
+    assert info.help() == f"{schema['description'].rstrip('.')} (default 20.0)"
     backend = describe(TranscribeOptions, "backend")
     assert backend.choices == ("whisper", "faster-whisper") and backend.type is str
     assert describe(DiarizeOptions, "num_speakers").type is int

@@ -41,6 +41,9 @@ RTTM = CORPUS / "diar_2spk_pyannote" / "sample.rttm"
 MAX_TOKENS = 48  # bounds each window's decode of the random model (both ours and whisper's)
 TIME_TOL_S = 1e-6  # segment and word times: both sides compute the same float expressions
 PROB_RTOL = 1e-4  # word probabilities: the same softmax, encoder run in a batch vs alone
+# the upstream calls below decode greedily at temperature 0 with the skip rules off: the same options here
+GREEDY = dict(beam_size=1, temperatures=(0.0,), compression_ratio_threshold=None, log_prob_threshold=None)
+GREEDY_NO_SKIP = dict(GREEDY, no_speech_threshold=None)
 
 
 def _recording(path) -> np.ndarray:
@@ -108,7 +111,9 @@ def _assert_same_as_upstream(ours: Transcript, upstream: dict, offset_s: float) 
 
 def test_one_chunk_equals_whisper_transcribe_on_jfk(model):
     jfk = _recording(JFK)
-    ours = decode_chunks(model, jfk, [Span(0, len(jfk))], TranscribeOptions(language="en", max_tokens=MAX_TOKENS))
+    ours = decode_chunks(
+        model, jfk, [Span(0, len(jfk))], TranscribeOptions(language="en", max_tokens=MAX_TOKENS, **GREEDY_NO_SKIP)
+    )
     upstream = _upstream(model, jfk)
     _assert_same_as_upstream(ours, upstream, 0.0)
     assert ours.language == upstream["language"] == "en"
@@ -116,7 +121,7 @@ def test_one_chunk_equals_whisper_transcribe_on_jfk(model):
 
 
 def test_a_vad_chunk_of_a_conversation_equals_whisper_transcribe_on_that_chunk(model, sample):
-    options = TranscribeOptions(language="en", chunk_s=10, max_tokens=MAX_TOKENS)
+    options = TranscribeOptions(language="en", chunk_s=10, max_tokens=MAX_TOKENS, vad_pad_s=0.03, **GREEDY_NO_SKIP)
     chunks = merge_spans(detect_speech(sample, load_vad_model(), options), options.chunk_s)
     chunk = chunks[1]  # starts mid-recording: times must come back offset by its start
     assert chunk.start > 0
@@ -128,12 +133,14 @@ def test_a_vad_chunk_of_a_conversation_equals_whisper_transcribe_on_that_chunk(m
 
 def test_auto_language_is_whispers_detection_on_the_chunk(model):
     jfk = _recording(JFK)
-    ours = decode_chunks(model, jfk, [Span(0, len(jfk))], TranscribeOptions(max_tokens=8, word_timestamps=False))
+    ours = decode_chunks(
+        model, jfk, [Span(0, len(jfk))], TranscribeOptions(max_tokens=8, word_timestamps=False, **GREEDY_NO_SKIP)
+    )
     assert ours.language == _upstream(model, jfk, language=None)["language"]
 
 
 def test_batch_size_does_not_change_the_transcript(model, sample):
-    options = TranscribeOptions(language="en", chunk_s=5, max_tokens=MAX_TOKENS)
+    options = TranscribeOptions(language="en", chunk_s=5, max_tokens=MAX_TOKENS, **GREEDY_NO_SKIP)
     chunks = merge_spans(detect_speech(sample, load_vad_model(), options), options.chunk_s)[:5]
     assert len(chunks) == 5 and all(c.end - c.start <= 5 * SAMPLE_RATE_HZ for c in chunks)
     progress: list[tuple[int, int]] = []
@@ -150,6 +157,59 @@ def test_batch_size_does_not_change_the_transcript(model, sample):
     assert len({s.tokens for s in four.segments}) > 1  # the random model's output depends on the audio
     total = sum((c.end - c.start) // 160 for c in chunks)
     assert progress[-1] == (total, total) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+
+
+def test_beam_search_and_the_silence_rule_equal_whisper_transcribe(model):
+    """Our defaults at temperature 0: beam search of 5 and whisper's no-speech skip, as whisper runs them."""
+    import whisper
+
+    jfk = _recording(JFK)
+    options = TranscribeOptions(language="en", max_tokens=MAX_TOKENS, temperatures=(0.0,), log_prob_threshold=None)
+    ours = decode_chunks(model, jfk, [Span(0, len(jfk))], options)
+    upstream = whisper.transcribe(
+        model,
+        jfk,
+        beam_size=5,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        word_timestamps=True,
+        language="en",
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        fp16=False,
+        sample_len=MAX_TOKENS,
+    )
+    _assert_same_as_upstream(ours, upstream, 0.0)
+    greedy = decode_chunks(
+        model, jfk, [Span(0, len(jfk))], TranscribeOptions(language="en", max_tokens=MAX_TOKENS, **GREEDY_NO_SKIP)
+    )
+    assert [s.tokens for s in ours.segments] != [s.tokens for s in greedy.segments]  # the beams made a difference
+
+
+def test_the_temperature_fallback_samples_reproducibly(model, monkeypatch):
+    """Random weights fail every quality check: each window walks the whole fallback schedule, sampled
+    from a seed, so two runs (with other sampling in between) give the same text; another seed differs."""
+    from voxflow.tasks import transcribe
+
+    temperatures: list[float] = []
+    decode = transcribe._WhisperSteps.decode
+
+    def spying(self, samples, batch, temperature):
+        temperatures.append(temperature)
+        return decode(self, samples, batch, temperature)
+
+    monkeypatch.setattr(transcribe._WhisperSteps, "decode", spying)
+    jfk = _recording(JFK)[: 8 * SAMPLE_RATE_HZ]
+    options = TranscribeOptions(language="en", max_tokens=8, word_timestamps=False, no_speech_threshold=None)
+    decode_chunks(model, jfk, [Span(0, len(jfk))], options)
+    assert temperatures == list(options.temperatures)  # the whole schedule was tried
+    sampled = TranscribeOptions(**{**options.__dict__, "temperatures": (1.0,)})  # only a sample to keep
+    first = decode_chunks(model, jfk, [Span(0, len(jfk))], sampled)
+    torch.rand(1000)  # other use of torch's generator between the runs
+    again = decode_chunks(model, jfk, [Span(0, len(jfk))], sampled)
+    other_seed = decode_chunks(model, jfk, [Span(0, len(jfk))], TranscribeOptions(**{**sampled.__dict__, "seed": 7}))
+    assert [s.tokens for s in first.segments] == [s.tokens for s in again.segments]
+    assert [s.tokens for s in first.segments] != [s.tokens for s in other_seed.segments]
 
 
 def _faster_upstream(model, samples: np.ndarray) -> dict:
@@ -194,7 +254,9 @@ def test_faster_whisper_backend_equals_faster_whispers_own_transcribe_chunk_by_c
     build_faster_whisper(root, "tiny", 0)  # converts the session's tiny turbo.pt (same weights)
     model = load_transcribe_model("turbo", "cpu", root, backend="faster-whisper")
     assert isinstance(model, WhisperModel)
-    options = TranscribeOptions(language="en", chunk_s=10, max_tokens=MAX_TOKENS, backend="faster-whisper")
+    options = TranscribeOptions(
+        language="en", chunk_s=10, max_tokens=MAX_TOKENS, backend="faster-whisper", **GREEDY_NO_SKIP
+    )
     chunks = merge_spans(detect_speech(sample, load_vad_model(), options), options.chunk_s)
     ours = decode_chunks(model, sample, chunks, options, batch_size=2)  # batched: chunks 1+2 together, then 3
     assert len(chunks) == 3 and ours.language == "en"
@@ -254,7 +316,7 @@ def test_a_long_recording_is_chunked_around_its_pauses_and_decoded_chunk_by_chun
     jfk = _recording(JFK)
     pause = np.zeros(3 * SAMPLE_RATE_HZ, np.float32)
     long = np.concatenate([sample, pause, jfk, pause, sample])  # 77 s: three speech stretches, two pauses
-    options = TranscribeOptions(language="en", max_tokens=16, word_timestamps=False, batch_size=4)
+    options = TranscribeOptions(language="en", max_tokens=16, word_timestamps=False, batch_size=4, **GREEDY_NO_SKIP)
     regions = detect_speech(long, load_vad_model(), options)
     for middle_s in (31.5, 31.5 + 3 + len(jfk) / SAMPLE_RATE_HZ):  # the middles of the pauses
         assert not any(r.start_s < middle_s < r.end_s for r in regions)
@@ -461,6 +523,7 @@ def test_transcribe_task_in_a_flow_writes_artifacts_and_segment_rows(tmp_path, u
     assert sum(len(w) for w in segments["words"]) == result.words
     assert {w["speaker"] for ws in segments["words"] for w in ws} <= {"speaker90", "speaker91"}
     assert set(segments["artifact_uri"]) == {result.json.uri}
+    assert set(segments["model"]) == {"turbo"} and segments["chosen"].all()  # no second pass configured
     artifacts = catalog.frame("artifacts")
     assert set(artifacts[artifacts["stage"] == "transcribe"]["name"]) == {
         "transcript.json",
@@ -475,3 +538,76 @@ def test_transcribe_task_in_a_flow_writes_artifacts_and_segment_rows(tmp_path, u
     runs = catalog.frame("stage_runs")
     assert list(runs[runs["stage"] == "transcribe"]["cache_hit"]) == [False, True]
     assert len(Catalog(store).frame("segments")) == result.segments  # same segment ids
+
+
+@pytest.fixture(scope="module")
+def second_model(tiny_models, tmp_path_factory):
+    """A second random Whisper (another seed, sharper token logits: a more confident model) in the
+    session's model folder, as ``large-v3``."""
+    from voxflow.tasks.testing.random_models.whisper import build
+
+    root = tiny_models.build("whisper")
+    other = tmp_path_factory.mktemp("other-whisper")
+    (path,) = build(other, "tiny", 1)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["model_state_dict"]["decoder.token_embedding.weight"] *= 8
+    torch.save(checkpoint, root / "whisper" / "large-v3.pt")
+    return load_transcribe_model("large-v3", "cpu", root)
+
+
+def test_a_second_pass_keeps_the_more_confident_decoding_and_returns_the_other(model, second_model, sample):
+    from voxflow.tasks.transcribe import labelled, second_pass
+
+    options = TranscribeOptions(
+        language="en", max_tokens=16, chunk_s=10, second_pass_model="large-v3", **GREEDY_NO_SKIP
+    )
+    chunks = merge_spans(detect_speech(sample, load_vad_model(), options), options.chunk_s)
+    first = labelled(decode_chunks(model, sample, chunks, options), "turbo")
+    median = float(np.median([s.avg_logprob for s in first.segments]))  # half of the segments are weak
+    options = TranscribeOptions(**{**options.__dict__, "min_confidence": median})
+    weak = [s for s in first.segments if s.avg_logprob < options.min_confidence]
+    assert weak and len(weak) < len(first.segments)  # random weights: some segments weak, some not
+    heard = second_pass(first, second_model, sample, options, batch_size=4)
+    kept = heard.transcript.segments
+    assert all(s in kept for s in first.segments if s not in weak)  # confident segments untouched
+    for segment in weak:  # each weak segment: kept (the redo lost) or replaced (and kept as an alternative)
+        assert (segment in kept) != (segment in heard.alternatives)
+    winners = [s for s in kept if s.model == "large-v3"]
+    losers = [s for s in heard.alternatives if s.model == "turbo"]
+    assert len(losers) == sum(1 for s in weak if s not in kept)
+    assert all(s.model == "large-v3" for s in heard.alternatives if s not in weak)
+    print(f"weak {len(weak)}, replaced {len(losers)}, redone segments kept {len(winners)}")
+    assert losers and winners  # on these weights the second model wins some segments
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_second_pass_in_a_flow_keeps_both_decodings_in_the_catalog(tmp_path, use_store, tiny_models, second_model):
+    from prefect import flow
+
+    from voxflow.flows.environment import environment
+    from voxflow.storage.catalog import Catalog
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+    from voxflow.tasks.transcribe import transcribe_audio
+
+    settings = StoreSettings(location=str(tmp_path / "store"))
+    use_store(settings)
+    models = tiny_models.settings("whisper")
+    options = TranscribeOptions(
+        language="en", max_tokens=16, chunk_s=10, min_confidence=0.0, second_pass_model="large-v3", **GREEDY_NO_SKIP
+    )  # every segment is weak: each is decoded again
+
+    @flow
+    def transcribe_flow(path: str):
+        env = environment(None)
+        ingested = env.stage(ingest_file)(path, IngestOptions(), env.settings)
+        return env.stage(transcribe_audio)(ingested, None, options, env.settings, models)
+
+    result = transcribe_flow(str(JFK))
+    rows = Catalog(open_store(settings)).frame("segments")
+    chosen, others = rows[rows["chosen"]], rows[~rows["chosen"]]
+    assert len(chosen) == result.segments and sorted(chosen["index"]) == list(range(result.segments))
+    assert len(others) > 0 and others["index"].isna().all()
+    assert set(rows["model"]) <= {"turbo", "large-v3"} and "large-v3" in set(chosen["model"])
+    assert rows["low_confidence"].all()  # below 0.0, every one
+    body = json.loads(open_store(settings).get_bytes(open_store(settings).key_of(result.json.uri)))
+    assert [s["text"] for s in body["segments"]] == list(chosen.sort_values("index")["text"])

@@ -22,6 +22,23 @@ def add_transcribe(parser: argparse.ArgumentParser) -> None:
     option(parser, "--model", TranscribeOptions, "model")
     option(parser, "--language", TranscribeOptions, "language")
     option(parser, "--backend", TranscribeOptions, "backend")
+    option(parser, "--compute-type", TranscribeOptions, "compute_type")
+    option(parser, "--beam-size", TranscribeOptions, "beam_size")
+    option(parser, "--vad-threshold", TranscribeOptions, "vad_threshold")
+    option(parser, "--vad-pad", TranscribeOptions, "vad_pad_s")
+    option(parser, "--vad-min-silence", TranscribeOptions, "vad_min_silence_s")
+    option(parser, "--chunk", TranscribeOptions, "chunk_s")
+    option(parser, "--min-confidence", TranscribeOptions, "min_confidence")
+    option(parser, "--second-pass-model", TranscribeOptions, "second_pass_model")
+    parser.add_argument("--no-fallback", action="store_true", help="decode at temperature 0 only (no fallback)")
+    parser.add_argument(
+        "--no-timestamps", action="store_true", help="one text per chunk, as faster-whisper's batched pipeline"
+    )
+    parser.add_argument("--per-channel", action="store_true", help="each channel on its own, speaker = channel")
+    parser.add_argument(
+        "--language-per-chunk", action="store_true", help="detect the language of every chunk (code-switching)"
+    )
+    parser.add_argument("--drop-low-confidence", action="store_true", help="leave segments below --min-confidence out")
     add_run_options(parser)
     parser.set_defaults(func=transcribe)
 
@@ -36,7 +53,24 @@ def transcribe(args: argparse.Namespace) -> int:
             run_denoise=args.denoise or None,
             run_diarize=False if args.no_diarize else None,
             diarize=speakers,
-            transcribe=given(model=args.model, language=args.language, backend=args.backend),
+            transcribe=given(
+                model=args.model,
+                language=args.language,
+                backend=args.backend,
+                compute_type=args.compute_type,
+                beam_size=args.beam_size,
+                vad_threshold=args.vad_threshold,
+                vad_pad_s=args.vad_pad,
+                vad_min_silence_s=args.vad_min_silence,
+                chunk_s=args.chunk,
+                min_confidence=args.min_confidence,
+                second_pass_model=args.second_pass_model,
+                temperatures=(0.0,) if args.no_fallback else None,
+                timestamps=False if args.no_timestamps else None,
+                per_channel=args.per_channel or None,
+                language_per_chunk=args.language_per_chunk or None,
+                drop_low_confidence=args.drop_low_confidence or None,
+            ),
         )
     )
     return run_files(transcribe, args, options, ("file", "status", "computed", "language", "speakers", "segments"))

@@ -31,12 +31,13 @@ def list_models(args: argparse.Namespace) -> int:
     settings = _settings(args)
     rows = []
     for source in _sources().values():
-        path = source.present(source.name, settings) if settings.model_dir else None
+        name = source.model(settings)
+        path = source.present(name, settings) if settings.model_dir else None
         rows.append(
             {
                 "stage": source.stage,
                 "library": source.library,
-                "model": source.name,
+                "model": name,
                 "present": str(path) if path else "no (hub download on first use)",
                 "gated": "yes (needs HF_TOKEN)" if source.gated else "",
             }
@@ -55,8 +56,8 @@ def pull(args: argparse.Namespace) -> int:
     settings.library_dir("")  # fails early, naming the setting, when there is no model folder
     for stage in args.stage or list(sources):
         source = sources[stage]
-        print(f"pulling {stage}: {source.name} ...", flush=True)
-        print(f"  -> {source.pull(source.name, settings)}")
+        print(f"pulling {stage}: {source.model(settings)} ...", flush=True)
+        print(f"  -> {source.pull(source.model(settings), settings)}")
     return 0
 
 

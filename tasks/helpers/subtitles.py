@@ -41,6 +41,8 @@ class Segment:
     words: tuple[Word, ...] = ()
     speaker: str | None = None
     tokens: tuple[int, ...] = ()  # whisper's tokens, timestamps included (not stored in the JSON)
+    language: str | None = None  # its own language when detected per chunk, else the transcript's
+    model: str | None = None  # the model that decoded it (a second pass may use another)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def to_json(transcript: Transcript) -> bytes:
                 "text": s.text.strip(),
                 "avg_logprob": round(s.avg_logprob, 4),
                 "no_speech_prob": round(s.no_speech_prob, 4),
+                "language": s.language or transcript.language,
                 "words": [_word_dict(w) for w in s.words],
             }
             for s in transcript.segments
@@ -113,6 +116,7 @@ def from_json(data: bytes) -> Transcript:
                 for w in s["words"]
             ),
             s["speaker"],
+            language=s.get("language"),
         )
         for s in body["segments"]
     )

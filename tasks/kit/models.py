@@ -5,12 +5,15 @@ library's own loader reads, and only then to the library's own hub download::
 
     <model dir>/
       whisper/<name>.pt                         openai-whisper checkpoint (dims + model_state_dict)
+      faster-whisper/<name>/model.bin, ...      a CTranslate2 Whisper folder (``WhisperModel(folder)``)
       demucs/<name>.yaml, <sig>.th              a demucs local repo (``get_model(name, repo=...)``)
       denoiser/<name>.th                        denoiser package (klass, args, kwargs, state)
       pyannote/<repo name>/config.yaml, ...     a pyannote pipeline folder (``Pipeline.from_pretrained``)
 
 The model dir is the ``voxflow-models`` Block's ``model_dir``, else ``VOXFLOW_MODEL_DIR``. The Hugging
-Face token (gated pyannote models) is the Block's ``hf_token``, else ``HF_TOKEN``. Models are loaded
+Face token (gated pyannote models) is the Block's ``hf_token``, else ``HF_TOKEN``. The default Whisper
+model and backend are the Block's ``whisper_model`` / ``whisper_backend``, else ``VOXFLOW_WHISPER_MODEL``
+/ ``VOXFLOW_WHISPER_BACKEND`` (a stage's own option wins). Models are loaded
 lazily, once per process and device, through :data:`RESIDENT`; on a GPU only the models of the stage
 running now stay resident, so the next stage finds the memory free.
 
@@ -36,7 +39,10 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 MODEL_DIR_ENV = "VOXFLOW_MODEL_DIR"
+WHISPER_MODEL_ENV = "VOXFLOW_WHISPER_MODEL"
+WHISPER_BACKEND_ENV = "VOXFLOW_WHISPER_BACKEND"
 Device = Literal["auto", "cpu", "cuda"]
+WhisperBackend = Literal["whisper", "faster-whisper"]
 
 
 class ModelNotFound(RuntimeError):
@@ -54,15 +60,27 @@ class ModelSettings:
     model_dir: str | None = None  # folder in each library's layout; None: hub downloads only
     device: Device = "auto"  # auto: CUDA when present, else CPU
     hf_token: SecretStr | None = field(default=None, compare=False)  # for gated models; never logged
+    whisper_model: str | None = None  # the transcribe stage's default model (None: its own default)
+    whisper_backend: WhisperBackend | None = None  # the transcribe stage's default backend
 
     @classmethod
     def from_env(cls) -> ModelSettings:
-        """``VOXFLOW_MODEL_DIR``, ``VOXFLOW_DEVICE`` and ``HF_TOKEN`` from the environment."""
+        """``VOXFLOW_MODEL_DIR``, ``VOXFLOW_DEVICE``, ``HF_TOKEN``, ``VOXFLOW_WHISPER_MODEL`` and
+        ``VOXFLOW_WHISPER_BACKEND`` from the environment."""
         token = os.environ.get("HF_TOKEN")
         device = os.environ.get("VOXFLOW_DEVICE", "auto")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"VOXFLOW_DEVICE must be auto, cpu or cuda, got {device!r}")
-        return cls(os.environ.get(MODEL_DIR_ENV) or None, device, SecretStr(token) if token else None)  # type: ignore[arg-type]
+        backend = os.environ.get(WHISPER_BACKEND_ENV) or None
+        if backend not in (None, "whisper", "faster-whisper"):
+            raise ValueError(f"{WHISPER_BACKEND_ENV} must be whisper or faster-whisper, got {backend!r}")
+        return cls(
+            os.environ.get(MODEL_DIR_ENV) or None,
+            device,  # type: ignore[arg-type]
+            SecretStr(token) if token else None,
+            os.environ.get(WHISPER_MODEL_ENV) or None,
+            backend,  # type: ignore[arg-type]
+        )
 
     @property
     def folder(self) -> Path | None:
@@ -104,11 +122,79 @@ def resolve_device(device: str) -> str:
     return device
 
 
+NOT_FOUND_ERRORS = frozenset(  # the hub's (huggingface_hub's) names for "not there"
+    {
+        "RepositoryNotFoundError",
+        "LocalEntryNotFoundError",
+        "EntryNotFoundError",
+        "HFValidationError",
+        "RevisionNotFoundError",
+        "OfflineModeIsEnabled",
+    }
+)
+UNREACHABLE_ERRORS = frozenset(  # no connection to the hub (requests, httpx, urllib3)
+    {
+        "ConnectionError",
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "Timeout",
+        "MaxRetryError",
+        "NameResolutionError",
+    }
+)
+
+
+def _unreachable(error: BaseException) -> bool:
+    return isinstance(error, (ConnectionError, TimeoutError)) or any(
+        cls.__name__ in UNREACHABLE_ERRORS for cls in type(error).__mro__
+    )
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable() -> bool:
+    """Whether the Hugging Face hub cannot be reached now: offline mode, or one plain request (no
+    retries, at most ``HUB_PROBE_TIMEOUT_S``) fails to connect."""
+    import requests
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        requests.head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+    except requests.RequestException:
+        return True
+    return False
+
+
 @contextlib.contextmanager
-def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
-    """Turn Hugging Face hub failures into one-line errors that say what to do (never the token)."""
+def _hub_offline() -> Iterator[None]:
+    """The hub client in offline mode for the block: only its local cache is read (no retried requests)."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+@contextlib.contextmanager
+def hub_errors(name: str, *, gated_url: str | None = None, folder: Path | None = None) -> Iterator[None]:
+    """Turn Hugging Face hub failures into one-line errors that say what to do (never the token).
+
+    A missing, gated or unreachable model is a :class:`ModelNotFound`: no retry can fix it, so the
+    stage fails on its first attempt. When the hub cannot be reached the block runs with the hub
+    client offline (its cache still serves), so a missing model fails at once instead of after the
+    client's own retries. ``folder`` is where the model was looked for locally.
+    """
+    unreachable = hub_unreachable()
+    try:
+        with _hub_offline() if unreachable else contextlib.nullcontext():
+            yield
     except Exception as e:
         kind = type(e).__name__
         unauthorized = kind in ("HfHubHTTPError", "RepositoryNotFoundError") and any(
@@ -119,17 +205,12 @@ def hub_errors(name: str, *, gated_url: str | None = None) -> Iterator[None]:
             raise GatedModelError(
                 f"model {name!r} is gated on Hugging Face:{where} set HF_TOKEN or the voxflow-models Block's hf_token"
             ) from None
-        if kind in (
-            "RepositoryNotFoundError",
-            "LocalEntryNotFoundError",
-            "EntryNotFoundError",
-            "HFValidationError",
-            "RevisionNotFoundError",
-            "OfflineModeIsEnabled",
-        ):
+        if kind in NOT_FOUND_ERRORS or _unreachable(e):
+            reason = "no connection to Hugging Face" if unreachable or _unreachable(e) else kind
+            local = f"not in {folder}" if folder else "not in the model folder"
             raise ModelNotFound(
-                f"model {name!r} is not in the model folder and could not be downloaded ({kind}); "
-                f"run 'voxflow models pull' on a machine with internet, or set {MODEL_DIR_ENV}"
+                f"model {name!r} is {local} and could not be downloaded ({reason}); run 'voxflow models pull' "
+                "on a machine with internet (gated models need HF_TOKEN) and copy the folder"
             ) from None
         raise
 
@@ -238,6 +319,11 @@ class ModelSource:
     pull: Callable[[str, ModelSettings], Path]  # downloads ``name`` into the model folder, returns its path
     present: Callable[[str, ModelSettings], Path | None]  # its local path when present
     gated: bool = False
+    setting: str | None = None  # the ModelSettings field that names another default (e.g. whisper_model)
+
+    def model(self, settings: ModelSettings) -> str:
+        """The model the stage uses by default under ``settings``."""
+        return (getattr(settings, self.setting) if self.setting else None) or self.name
 
 
 MODEL_SOURCES: dict[str, ModelSource] = {}

@@ -76,7 +76,8 @@ def is_transient(error: BaseException) -> bool:
         response = getattr(current, "response", None)
         if getattr(response, "status_code", None) in TRANSIENT_HTTP_STATUS:
             return True
-        current = current.__cause__ or current.__context__
+        # ``raise ... from None`` says the error is not the one it replaced: stop there
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
 
 
