@@ -135,7 +135,7 @@ def _writers(settings, processes: int, rows: int) -> dict:
     return {"rows": len(frame), "unique": frame["task_run_id"].nunique(), "seconds": seconds, "failed": failed}
 
 
-def _row(label: str, parts: dict, delta: dict) -> list[str]:
+def _table_row(label: str, parts: dict, delta: dict) -> list[str]:
     """One line of the append table."""
     return [
         label,
@@ -160,12 +160,12 @@ def main() -> None:
     table = []
     for appends in [int(n) for n in args.appends.split(",")]:
         delta, parts = delta_side(appends), parts_side(appends)
-        table.append(_row(f"{appends:,} x 1 row", parts, delta))
+        table.append(_table_row(f"{appends:,} x 1 row", parts, delta))
         print(f"{appends} appends: parts {parts}, delta {delta}", flush=True)
     if args.big_rows:
         batches = args.big_rows // 100
         delta, parts = delta_side(batches, 100), parts_side(batches, 100)
-        table.append(_row(f"{batches:,} x 100 rows", parts, delta))
+        table.append(_table_row(f"{batches:,} x 100 rows", parts, delta))
         print(f"{args.big_rows} rows: parts {parts}, delta {delta}", flush=True)
     print_table(
         [
