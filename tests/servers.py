@@ -49,12 +49,12 @@ def wait_for(
     raise TimeoutError(f"{what}: not ready after {timeout_s} s")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, then SIGKILL if it does not exit within 20 s."""
+def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM to the process group, then SIGKILL if it does not exit within ``grace_s``."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -253,13 +253,7 @@ def seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[str]:
         wait_for(lambda: _quietly(ready), 90, "SeaweedFS", server)
         yield endpoint
     finally:
-        if server.poll() is None:  # it ignores SIGTERM for a while: then SIGKILL
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop(server, grace_s=10)  # it ignores SIGTERM for a while: then SIGKILL
         log.close()
 
 

@@ -65,22 +65,25 @@ def sample() -> np.ndarray:
     return _recording(SAMPLE)
 
 
-def _upstream(model, samples: np.ndarray, language: str | None = "en") -> dict:
-    """whisper's own long-form transcription with its fallback and skip heuristics off."""
+def _upstream(model, samples: np.ndarray, language: str | None = "en", **changed) -> dict:
+    """whisper's own long-form transcription with its fallback and skip heuristics off (unless ``changed``)."""
     import whisper
 
     return whisper.transcribe(
         model,
         samples,
-        temperature=0.0,
-        condition_on_previous_text=False,
-        word_timestamps=True,
-        language=language,
-        compression_ratio_threshold=None,
-        logprob_threshold=None,
-        no_speech_threshold=None,
-        fp16=False,
-        sample_len=MAX_TOKENS,
+        **{
+            "temperature": 0.0,
+            "condition_on_previous_text": False,
+            "word_timestamps": True,
+            "language": language,
+            "compression_ratio_threshold": None,
+            "logprob_threshold": None,
+            "no_speech_threshold": None,
+            "fp16": False,
+            "sample_len": MAX_TOKENS,
+            **changed,
+        },
     )
 
 
@@ -161,24 +164,11 @@ def test_batch_size_does_not_change_the_transcript(model, sample):
 
 def test_beam_search_and_the_silence_rule_equal_whisper_transcribe(model):
     """Our defaults at temperature 0: beam search of 5 and whisper's no-speech skip, as whisper runs them."""
-    import whisper
 
     jfk = _recording(JFK)
     options = TranscribeOptions(language="en", max_tokens=MAX_TOKENS, temperatures=(0.0,), log_prob_threshold=None)
     ours = decode_chunks(model, jfk, [Span(0, len(jfk))], options)
-    upstream = whisper.transcribe(
-        model,
-        jfk,
-        beam_size=5,
-        temperature=0.0,
-        condition_on_previous_text=False,
-        word_timestamps=True,
-        language="en",
-        compression_ratio_threshold=None,
-        logprob_threshold=None,
-        fp16=False,
-        sample_len=MAX_TOKENS,
-    )
+    upstream = _upstream(model, jfk, beam_size=5, no_speech_threshold=0.6)  # whisper's default silence rule
     _assert_same_as_upstream(ours, upstream, 0.0)
     greedy = decode_chunks(
         model, jfk, [Span(0, len(jfk))], TranscribeOptions(language="en", max_tokens=MAX_TOKENS, **GREEDY_NO_SKIP)
