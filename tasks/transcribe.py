@@ -1111,7 +1111,7 @@ def second_pass(
     alternatives: list[Segment] = []
     pad = round(SECOND_PASS_PAD_S * SAMPLE_RATE_HZ)
     for segment in first.segments:
-        if segment.avg_logprob >= options.min_confidence:
+        if not _weak(segment, options.min_confidence):
             kept.append(segment)
             continue
         span = Span(
@@ -1255,6 +1255,7 @@ def _pieces(segment: Segment) -> list[Segment]:
 # ---- channels -----------------------------------------------------------------------------------
 
 UNCORRELATED = 0.3  # |Pearson r| below which two channels are taken to carry different talkers
+CORRELATION_BLOCK = 1 << 20  # samples per block of the correlation's sums
 
 
 def channel_correlation(samples: np.ndarray) -> float | None:
@@ -1262,10 +1263,18 @@ def channel_correlation(samples: np.ndarray) -> float | None:
     (None for mono or a silent channel)."""
     if samples.shape[0] < 2:
         return None
-    matrix = samples.astype(np.float64)
-    if np.any(matrix.std(axis=1) == 0):
+    channels = samples.shape[0]
+    sums, products = np.zeros(channels), np.zeros((channels, channels))
+    for start in range(0, samples.shape[1], CORRELATION_BLOCK):  # float64 sums, one block at a time:
+        block = samples[:, start : start + CORRELATION_BLOCK].astype(np.float64)  # no copy of a long file
+        sums += block.sum(axis=1)
+        products += block @ block.T
+    count = samples.shape[1]
+    covariance = products / count - np.outer(sums, sums) / count**2
+    variance = np.diag(covariance)
+    if np.any(variance <= 0):
         return None
-    return float(np.abs(np.corrcoef(matrix)).min())
+    return float(np.abs(covariance / np.sqrt(np.outer(variance, variance))).min())
 
 
 def channel_suggestion(samples: np.ndarray, options: TranscribeOptions) -> str | None:
@@ -1476,7 +1485,7 @@ def transcribe_audio(
         )
     transcript = split_segments(heard.transcript)
     if options.drop_low_confidence:
-        transcript = transcript.with_segments(s for s in transcript.segments if s.avg_logprob >= options.min_confidence)
+        transcript = transcript.with_segments(s for s in transcript.segments if not _weak(s, options.min_confidence))
     suggestion = channel_suggestion(samples, options)
     if suggestion:
         log.warning("%s: %s", ref.uri.rsplit("/", 1)[-1], suggestion)
