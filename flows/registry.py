@@ -95,6 +95,15 @@ SYNTHESIZE = FlowEntry(
     "Batch text-to-speech: designed voices, built-in speakers or clones; one WAV and syntheses row per item.",
     tags=GPU,
 )
+VOICE_REPLACE = FlowEntry(
+    "voice-replace",
+    "voice_replace",
+    "voice_replace",
+    "Replace one speaker's voice (cloned or designed), keep every other sound, fit the original timing.",
+    tags=GPU,
+    per_file=True,
+    parameters={"paths": [], "options": {"design": "a calm, clear voice"}},
+)
 INGEST_FOLDER = FlowEntry(
     "ingest-folder",
     "ingest_folder",
@@ -122,6 +131,7 @@ FLOWS: tuple[FlowEntry, ...] = (
     LIPSYNC_FEATURES,
     CLONE_ENHANCED,
     SYNTHESIZE,
+    VOICE_REPLACE,
     INGEST_FOLDER,
     CATALOG_MAINTENANCE,
 )

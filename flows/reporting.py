@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.context import FlowRunContext
 
 
@@ -37,3 +42,42 @@ def publish_table(name: str, rows: Sequence[dict], description: str) -> None:
     """A Prefect table artifact (one row per item) when running inside a flow."""
     if FlowRunContext.get() is not None and rows:
         create_table_artifact(key=_key(name), table=list(rows), description=description)
+
+
+def publish_markdown(name: str, markdown: str) -> None:
+    """A Prefect Markdown artifact (a report) when running inside a flow."""
+    if FlowRunContext.get() is not None:
+        create_markdown_artifact(key=_key(name), markdown=markdown)
+
+
+class StageBars:
+    """A progress bar per stage of one file on a terminal (``<file> <stage>``), for flows that wait on each stage."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bars: dict[str, object] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bars[stage] = tqdm(total=total, desc=f"{self.name} {stage}", unit="step", disable=None, leave=True)
+
+    def grow(self, stage: str, more: int) -> None:
+        bar = self.bars[stage]
+        bar.total += more
+        bar.refresh()
+
+    def advance(self, stage: str, count: int = 1) -> None:
+        if stage not in self.bars:
+            self.start(stage, count)
+        self.bars[stage].update(count)
+
+    def done(self, stage: str, result: object = None) -> None:
+        """A one-step stage has finished."""
+        self.start(stage, 1)
+        self.bars[stage].update(1)
+        self.bars[stage].close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
