@@ -616,6 +616,8 @@ class ReconstructResult:
     table: ArtifactRef  # lines.parquet
     csv: ArtifactRef  # lines.csv (edit its text column, give it as the script)
     report: ArtifactRef  # report.md
+    vocals: ArtifactRef  # the separated stems the mix was rebuilt from (vocals.wav, accompaniment.wav)
+    accompaniment: ArtifactRef
     target: str
     lines: int
     replaced: int
@@ -671,6 +673,8 @@ def reconstruct_audio(
         write_artifact(settings, TABLE_NAME, parquet),
         write_artifact(settings, CSV_NAME, csv),
         write_artifact(settings, REPORT_NAME, report_markdown(name, request.target, rows, rendered, options).encode()),
+        request.vocals,
+        request.accompaniment,
         request.target,
         len(rows),
         sum(r["replaced"] for r in rows),

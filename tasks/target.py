@@ -28,7 +28,7 @@ from voxflow.tasks.kit.models import ModelSettings, holding
 from voxflow.tasks.kit.options import Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio
 from voxflow.tasks.kit.stage import StageSpec, stage_task
-from voxflow.tasks.transcribe import read_turns
+from voxflow.tasks.script import Script
 
 STAGE = "target"
 CODE_VERSION = "1"
@@ -145,17 +145,17 @@ def speech_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:
     return audio.resample(audio.downmix(samples), rate_hz, EMBED_RATE_HZ)[0]
 
 
-@stage_task(StageSpec(STAGE, code_version=CODE_VERSION, inputs=("vocals", "diarization", "sample")))
+@stage_task(StageSpec(STAGE, code_version=CODE_VERSION, inputs=("vocals", "script", "sample")))
 def choose_target_speaker(
     vocals: Any,
-    diarization: Any,
+    script: Script,
     sample: Any | None,
     options: TargetOptions,
     settings: StoreSettings,
     models: ModelSettings,
 ) -> TargetChoice:
-    """The target speaker of a recording: its vocals, its diarization, and (optional) a sample of the wanted voice."""
-    turns = read_turns(diarization, settings)
+    """The target speaker of a recording: its vocals, its script's turns, and (optional) a sample of the wanted voice."""
+    turns = list(script.turns)
     if sample is None or options.speaker is not None:
         return choose_target(turns, options)
     from voxflow.tasks.helpers.voiceprint import load_voice_encoder

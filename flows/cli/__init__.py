@@ -24,6 +24,7 @@ COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "lipsync": ("analysis", "lip-sync features: 80-bin log-mel windows per video frame"),
     "clone": ("speech", "speak lines in the voice of a reference recording, enhanced to 48 kHz"),
     "synth": ("speech", "text to speech with a designed voice, a built-in speaker or a clone"),
+    "replace": ("replace", "replace one speaker's voice, keep every other sound, fit the original timing"),
     "models": ("models", "the model folder: list, pull, build random test models"),
     "catalog": ("catalog", "print the rows of a catalog table"),
     "blocks": ("blocks", "Prefect Block types for storage and models"),
