@@ -174,7 +174,7 @@ class LineRun:
                 env.stage(enhance_audio).submit(line.artifact, enhance, env.settings, env.models) if enhance else None
             )
         if options.quality.enabled:
-            voice = self.voice.futures["reference"] if self.voice else None
+            voice = self.voice.futures["ingest"] if self.voice else None  # the recording as the user gave it
             quality = options.quality.resolved(env.models)
             for t in tries:
                 audio = t.final if t.final is not None else t.speech.result().lines[0].artifact
