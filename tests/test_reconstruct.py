@@ -114,9 +114,10 @@ def test_the_overlapped_part_is_kept_by_default_and_attenuated_on_request(conver
     assert ratio_db == pytest.approx(-12.0, abs=1.5)
 
 
-def test_lines_are_placed_at_exactly_their_planned_length(conversation):
+@pytest.mark.parametrize("backend", ["rubberband", "wsola"])
+def test_lines_are_placed_at_exactly_their_planned_length(conversation, backend):
     rate = conversation.sample_rate_hz
-    _, plans, rendered = replace_voice(conversation)
+    _, plans, rendered = replace_voice(conversation, replace(rc.ReconstructOptions(), stretch_backend=backend))
     for plan in plans:
         assert plan.length + plan.overflow == round(plan.natural / plan.applied_rate)
         start, end = plan.region
