@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conversation import SCRIPT, SCRIPT_OVERLAP_LINE, build_conversation, true_peak_dbfs
+from tests.synth import write_audio
 from voxflow.flows.cli import main
 from voxflow.flows.speech import SpeechOptions
 from voxflow.flows.voice_replace import VoiceReplaceOptions, voice_replace
@@ -217,3 +218,45 @@ def test_voxflow_replace_writes_the_mix_stems_table_and_report(tmp_path, use_sto
     printed = stdout.getvalue()
     assert "target SPEAKER_00: 3 of 3 line(s) replaced" in printed and "line_002" in printed
     assert f"wrote {out}" in printed
+
+
+def test_ingest_folder_runs_voice_replace_on_each_new_file_with_one_voice(
+    tmp_path, use_store, models_env, conversation
+):
+    from voxflow.flows.ingest_folder import ingest_folder
+    from voxflow.flows.pipelines import FilesFailed
+
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    conversation.write(inbox / "monday.wav")
+    write_audio(inbox / "tuesday.flac", conversation.mix, conversation.sample_rate_hz)  # same talk, other bytes
+    (inbox / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    params = {
+        "design": "a calm, low voice",
+        "target": {"speaker": TARGET},
+        "lines": str(write_lines(conversation, tmp_path / "lines.csv")),
+        "quality": {"enabled": False},
+        "speech": {
+            "run_post_processing": False,
+            "run_upsampling": False,
+            "synthesize": {"frames_per_char": 0.5, "margin_frames": 4, "max_new_tokens_cap": 24},
+        },
+    }
+    with pytest.raises(FilesFailed) as failed:
+        ingest_folder(source=str(inbox), pipeline="voice-replace", params=params, parallel_files=2)
+    report = failed.value.report
+    by_name = {o.name: o for o in report.outcomes}
+    assert by_name["monday.wav"].status == "done" and by_name["tuesday.flac"].status == "done"
+    assert by_name["broken.wav"].message.startswith("broken.wav: ingest: ")
+    processed = catalog.frame("processed")
+    assert set(processed.query("status == 'done'").source_uri.str.rsplit("/", n=1).str[-1]) == {
+        "monday.wav",
+        "tuesday.flac",
+    }
+    again = ingest_folder(source=str(inbox), pipeline="voice-replace", params=params, parallel_files=2)
+    assert {o.name: o.status for o in again.outcomes} == {
+        "monday.wav": "skipped",
+        "tuesday.flac": "skipped",
+        "broken.wav": "skipped",
+    }
