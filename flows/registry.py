@@ -102,7 +102,7 @@ VOICE_REPLACE = FlowEntry(
     "Replace one speaker's voice (cloned or designed), keep every other sound, fit the original timing.",
     tags=GPU,
     per_file=True,
-    parameters={"paths": [], "options": {"design": "a calm, clear voice"}},
+    parameters={"paths": []},
 )
 INGEST_FOLDER = FlowEntry(
     "ingest-folder",

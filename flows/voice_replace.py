@@ -76,9 +76,9 @@ class VoiceReplaceOptions(Options):
     voice_transcript: Annotated[
         str | None, Field(description="What the voice recording says; empty: transcribed with Whisper.")
     ] = None
-    design: Annotated[str | None, Field(description="The new voice described in words (instead of a recording).")] = (
-        None
-    )
+    design: Annotated[
+        str, Field(description="The new voice described in words, used when no voice recording is given.")
+    ] = "a calm, clear voice"
     language: Annotated[str, Field(description="Language of the lines (e.g. English) or auto.")] = AUTO_LANGUAGE
     script: Annotated[
         str | None,
@@ -98,10 +98,6 @@ class VoiceReplaceOptions(Options):
     reconstruct: ReconstructOptions = field(default_factory=ReconstructOptions)
 
     def check(self) -> None:
-        if (self.voice is None) == (self.design is None):
-            raise InvalidOptions(
-                "VoiceReplaceOptions: give the new voice as exactly one of voice (a recording) or design"
-            )
         if self.like is not None and self.target.speaker is not None:
             raise InvalidOptions("VoiceReplaceOptions: name the target by target.speaker or by like, not both")
 
@@ -110,7 +106,7 @@ class VoiceReplaceOptions(Options):
         return "clone" if self.voice else "design"
 
     def item(self, text: str) -> SynthesisItem:
-        return SynthesisItem(text=text, language=self.language, voice_description=self.design)
+        return SynthesisItem(text=text, language=self.language, voice_description=None if self.voice else self.design)
 
 
 @dataclass
@@ -128,7 +124,7 @@ def fingerprint(line: ScriptLine, voice_sha256: str | None, options: VoiceReplac
     """What decides a line's new audio: its words, the voice and the synthesis options (not the seed's retries)."""
     decided = {
         "text": line.text,
-        "voice": voice_sha256 or options.design,
+        "voice": voice_sha256 or options.design,  # the recording's prompt, else the description
         "language": options.language,
         "speech": options.speech,
         "quality": options.quality,
@@ -296,6 +292,8 @@ def replaced_lines(result: ReconstructResult, settings: StoreSettings) -> tuple[
 
     rows = pq.read_table(io.BytesIO(read_bytes(result.table, settings))).to_pylist()
     head = f"target {result.target}: {result.replaced} of {result.lines} line(s) replaced, {result.flagged} flagged"
+    if not result.lines:
+        head += f" (nothing was transcribed for {result.target}: the output is the input)"
     return (head,) + tuple(_described(row) for row in rows)
 
 

@@ -580,6 +580,8 @@ def report_markdown(
             f"| {r['gap_used_s']:.2f} | {r['overflow_s']:.2f} | {_cell(r['wer'])} | {_cell(r['similarity'])} "
             f"| {_cell(r['dnsmos'])} | {r['notes'] or ''} |"
         )
+    if not rows:
+        lines += ["", f"Nothing was transcribed for {target}: the output is the input."]
     if flagged:
         lines += ["", "## Flagged lines", ""]
         lines += [f'- **{r["line_id"]}** ({r["start_s"]:.2f} s) "{r["text"]}": {r["notes"]}' for r in flagged]

@@ -37,7 +37,7 @@ def test_each_entry_names_its_flow_and_a_per_file_flow_its_pipeline():
 def test_ingest_folder_and_the_command_line_offer_the_per_file_flows():
     folder = registry.INGEST_FOLDER.load()
     assert tuple(folder.parameters.properties["pipeline"]["enum"]) == registry.PER_FILE
-    assert set(registry.PER_FILE) == {"ingest", "transcribe", "separate", "lipsync-features"}
+    assert set(registry.PER_FILE) == {"ingest", "transcribe", "separate", "lipsync-features", "voice-replace"}
     args = build_parser("ingest-folder").parse_args(["ingest-folder", "inbox", "--flow", "lipsync_features"])
     assert args.flow == "lipsync-features"
 

@@ -178,11 +178,11 @@ def test_a_target_that_is_not_there_fails_the_file_in_one_line(tmp_path, use_sto
     )
 
 
-def test_options_need_exactly_one_new_voice():
-    with pytest.raises(ValueError, match="exactly one of voice"):
-        VoiceReplaceOptions()
-    with pytest.raises(ValueError, match="exactly one of voice"):
-        VoiceReplaceOptions(voice="ref.wav", design="a voice")
+def test_a_voice_recording_wins_over_the_default_description_and_the_target_is_named_once():
+    assert VoiceReplaceOptions().mode == "design" and VoiceReplaceOptions(voice="ref.wav").mode == "clone"
+    assert VoiceReplaceOptions(voice="ref.wav").item("Hi.").voice_description is None
+    with pytest.raises(ValueError, match="target.speaker or by like, not both"):
+        VoiceReplaceOptions(like="sample.wav", target=TargetOptions(speaker="SPEAKER_00"))
 
 
 def test_voxflow_replace_writes_the_mix_stems_table_and_report(tmp_path, use_store, models_env, conversation):

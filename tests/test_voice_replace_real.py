@@ -139,3 +139,43 @@ def test_the_loop_keeps_good_lines_and_regenerates_then_flags_a_wrong_one(
     assert seeds == [0, RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE]  # a new seed each time
     report = store.get_bytes(store.key_of(result.report.uri)).decode()
     assert f"**{table.index[1]}**" in report and "wer" in report.split("## Flagged lines")[1]
+
+
+@pytest.mark.parametrize("name", ["diar_2spk_pyannote/sample.wav", "music_vocals_mp3/audio_example.mp3"])
+def test_the_flow_end_to_end_on_corpus_recordings(name, tmp_path, use_store, prefect_harness, real_models, monkeypatch):
+    """Real Whisper base hears the lines (tiny Demucs, pyannote and Qwen3-TTS do the rest): the recording keeps
+    its rate, channels and length, and every sample outside the replaced lines."""
+    from tests.conftest import CORPUS
+
+    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(real_models))
+    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
+    monkeypatch.setenv("VOXFLOW_WHISPER_MODEL", "base")
+    monkeypatch.setenv("VOXFLOW_WHISPER_BACKEND", "faster-whisper")
+    settings = StoreSettings(location=str(tmp_path / "store"))
+    use_store(settings)
+    options = VoiceReplaceOptions(
+        design="a calm voice",
+        language="English",
+        speech=SpeechOptions(
+            synthesize=tts.SynthesizeOptions(
+                frames_per_char=0.5, margin_frames=4, max_new_tokens_cap=24, quality_retries=0
+            ),
+            run_post_processing=False,
+            run_upsampling=False,
+        ),
+        quality=CheckOptions(enabled=False),
+    )
+    result = voice_replace(paths=[str(CORPUS / name)], options=options).outcomes[0].result
+    source = audio.decode_file(CORPUS / name)
+    store = open_store(settings)
+    mix, rate = audio.decode_wav_bytes(store.get_bytes(store.key_of(result.artifact.uri)))
+    assert rate == source.sample_rate_hz and mix.shape == source.samples.shape
+    table = pd.read_parquet(io.BytesIO(store.get_bytes(store.key_of(result.table.uri))))
+    assert len(table) > 0 and table.replaced.any()  # Whisper base found lines for the target
+    outside = np.ones(mix.shape[1], bool)
+    for row in table[table.replaced].itertuples():
+        start = round(row.slot_start_s * rate) - round(0.005 * rate)
+        outside[max(start, 0) : round((row.slot_start_s + row.slot_s + row.gap_used_s + 0.005) * rate)] = False
+    peak_scale = 10 ** (result.global_gain_db / 20)
+    np.testing.assert_allclose(mix[:, outside], source.samples[:, outside] * peak_scale, atol=1e-4)
+    assert result.true_peak_dbtp <= -1.0

@@ -26,9 +26,9 @@ def add_replace(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--speaker", help="the diarization label of the speaker to replace, e.g. SPEAKER_01")
     target.add_argument("--like", metavar="SAMPLE", help="replace the speaker whose voice is closest to this recording")
     target.add_argument("--most-talk", action="store_true", help="replace the speaker who talks most (the default)")
-    voice = parser.add_mutually_exclusive_group(required=True)
+    voice = parser.add_mutually_exclusive_group()
     voice.add_argument("--voice", metavar="REF", help="the new voice: a recording to clone (3-30 s of one speaker)")
-    voice.add_argument("--design", metavar="DESCRIPTION", help="the new voice in words, e.g. 'a calm low female voice'")
+    voice.add_argument("--design", metavar="DESCRIPTION", help="the new voice in words (default 'a calm, clear voice')")
     parser.add_argument("--voice-transcript", help="with --voice: what the recording says (default: transcribed)")
     parser.add_argument(
         "--script", help="an edited script: a lines.csv (or JSON, Parquet) of a first run, texts changed"
