@@ -90,6 +90,13 @@ class VoiceReplaceOptions(Options):
             description="Known lines (line_id, speaker, start_s, end_s, text) instead of diarizing and transcribing."
         ),
     ] = None
+    run_separate: Annotated[
+        bool,
+        Field(
+            description="Separate voices from music and effects first (off: a recording of voices alone; "
+            "the replaced lines then have nothing under them)."
+        ),
+    ] = True
     separate: SeparateOptions = field(default_factory=SeparateOptions)
     diarize: DiarizeOptions = field(default_factory=DiarizeOptions)
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)
@@ -233,18 +240,18 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
     bars = StageBars(name)
     f: dict[str, PrefectFuture] = {}
     f["ingest"] = env.stage(ingest_file).submit(source_uri, ingest.NATIVE, env.settings)  # 1
-    f["separate"] = env.stage(separate_audio).submit(f["ingest"], options.separate, env.settings, env.models)  # 2
+    voices = f["ingest"]
+    if options.run_separate:  # 2
+        voices = f["separate"] = env.stage(separate_audio).submit(voices, options.separate, env.settings, env.models)
     words, turns = options.lines, None
     if options.lines is None:
-        turns = f["diarize"] = env.stage(diarize_audio).submit(  # 3
-            f["separate"], options.diarize, env.settings, env.models
-        )
+        turns = f["diarize"] = env.stage(diarize_audio).submit(voices, options.diarize, env.settings, env.models)  # 3
         words = f["transcribe"] = env.stage(transcribe_audio).submit(  # 4
-            f["separate"], turns, options.transcribe.resolved(env.models), env.settings, env.models
+            voices, turns, options.transcribe.resolved(env.models), env.settings, env.models
         )
     f["script"] = env.stage(make_script).submit(words, turns, options.script, ScriptOptions(), env.settings)  # 5
     f["target"] = env.stage(choose_target_speaker).submit(  # 6
-        f["separate"], f["script"], options.like, options.target, env.settings, env.models
+        voices, f["script"], options.like, options.target, env.settings, env.models
     )
     voice = Voice(options.voice, options.voice_transcript, options.speech, env) if options.voice else None  # 7
     for stage in ("ingest", "separate", "diarize", "transcribe", "script", "target"):
@@ -258,11 +265,11 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
     lines = LineRun(said.of(chosen.speaker), voice, options, env)
     lines.run(bars)  # 8–10
     f.update(lines.futures)
-    stems = f["separate"].result()
+    mix, stems = f["ingest"].result().artifact, f["separate"].result() if options.run_separate else None
     request = ReconstructRequest(
-        f["ingest"].result().artifact,
-        stems.artifact,
-        stems.accompaniment,
+        mix,
+        stems.artifact if stems else mix,
+        stems.accompaniment if stems else None,
         said.turns,
         chosen.speaker,
         lines.new_lines(),

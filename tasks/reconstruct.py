@@ -481,18 +481,57 @@ class ReconstructRequest:
     """Everything reconstruction reads: the mix, its stems, the turns, the target and its new lines."""
 
     mix: ArtifactRef
-    vocals: ArtifactRef
-    accompaniment: ArtifactRef
+    vocals: ArtifactRef  # the mix itself when nothing was separated
+    accompaniment: ArtifactRef | None  # None: nothing was separated (a recording of voices alone)
     turns: tuple[Turn, ...]
     target: str
     lines: tuple[NewLine, ...]
 
     @property
     def sha256(self) -> str:
-        parts = [self.mix.sha256, self.vocals.sha256, self.accompaniment.sha256, self.target]
+        accompaniment = self.accompaniment.sha256 if self.accompaniment else None
+        parts = [self.mix.sha256, self.vocals.sha256, str(accompaniment), self.target]
         parts += [f"{t.start_s}:{t.end_s}:{t.speaker}" for t in self.turns]
         parts += [f"{n.line}:{n.audio.sha256 if n.audio else None}:{n.check}" for n in self.lines]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+TABLE_COLUMNS = (  # the line table's columns, in order (see line_rows)
+    "line_id",
+    "speaker",
+    "start_s",
+    "end_s",
+    "text",
+    "original_text",
+    "edited",
+    "fingerprint",
+    "slot_start_s",
+    "slot_s",
+    "gap_s",
+    "natural_s",
+    "gap_used_s",
+    "padding_s",
+    "planned_rate",
+    "applied_rate",
+    "overflow_s",
+    "duration_error_s",
+    "overlap_s",
+    "replaced",
+    "gain_db",
+    "original_lufs",
+    "new_lufs",
+    "heard",
+    "wer",
+    "cer",
+    "similarity",
+    "dnsmos",
+    "seed",
+    "attempts",
+    "quality_ok",
+    "flagged",
+    "notes",
+    "line_uri",
+)
 
 
 def line_rows(
@@ -598,7 +637,11 @@ def table_bytes(rows: Sequence[dict]) -> tuple[bytes, bytes]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(list(rows))
+    table = (
+        pa.Table.from_pylist(list(rows))
+        if rows
+        else pa.table({name: pa.array([], pa.null()) for name in TABLE_COLUMNS})
+    )
     parquet, csv = io.BytesIO(), io.BytesIO()
     pq.write_table(table, parquet)
     pacsv.write_csv(table, csv)
@@ -618,8 +661,8 @@ class ReconstructResult:
     table: ArtifactRef  # lines.parquet
     csv: ArtifactRef  # lines.csv (edit its text column, give it as the script)
     report: ArtifactRef  # report.md
-    vocals: ArtifactRef  # the separated stems the mix was rebuilt from (vocals.wav, accompaniment.wav)
-    accompaniment: ArtifactRef
+    vocals: ArtifactRef | None  # the separated stems the mix was rebuilt from (None: nothing was separated)
+    accompaniment: ArtifactRef | None
     target: str
     lines: int
     replaced: int
@@ -656,7 +699,7 @@ def reconstruct_audio(
     """Fit the new lines to the original timing and mix them over the accompaniment (see the module)."""
     mix, rate = read_audio(request.mix, settings)
     vocals, _ = read_audio(request.vocals, settings)
-    accompaniment, _ = read_audio(request.accompaniment, settings)
+    accompaniment = read_audio(request.accompaniment, settings)[0] if request.accompaniment else np.zeros_like(mix)
     script = [new.line for new in request.lines]
     slots = line_slots(script, request.turns, request.target, mix.shape[1] / rate, options)
     naturals = [
@@ -675,7 +718,7 @@ def reconstruct_audio(
         write_artifact(settings, TABLE_NAME, parquet),
         write_artifact(settings, CSV_NAME, csv),
         write_artifact(settings, REPORT_NAME, report_markdown(name, request.target, rows, rendered, options).encode()),
-        request.vocals,
+        request.vocals if request.accompaniment else None,
         request.accompaniment,
         request.target,
         len(rows),

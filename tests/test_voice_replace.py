@@ -19,6 +19,7 @@ from voxflow.flows.speech import SpeechOptions
 from voxflow.flows.voice_replace import VoiceReplaceOptions, voice_replace
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
+from voxflow.tasks import reconstruct
 from voxflow.tasks import synthesize as tts
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.line_check import CheckOptions
@@ -112,6 +113,7 @@ def test_voice_replace_on_a_conversation_keeps_everything_but_the_target(
     table = pd.read_parquet(io.BytesIO(stored(settings, result.table.uri)))
     assert list(table.line_id) == [x.line_id for x in conversation.lines if x.speaker == TARGET]
     assert table.replaced.all() and (table.speaker == TARGET).all()
+    assert tuple(table.columns) == reconstruct.TABLE_COLUMNS
     outside = regions(table, rate, mix.shape[1])
     np.testing.assert_allclose(mix[:, outside], conversation.mix[:, outside], atol=1e-4)
     assert true_peak_dbfs(mix) <= -1.0

@@ -34,6 +34,9 @@ def add_replace(parser: argparse.ArgumentParser) -> None:
         "--script", help="an edited script: a lines.csv (or JSON, Parquet) of a first run, texts changed"
     )
     parser.add_argument("--lines", help="known lines (line_id, speaker, start_s, end_s, text) instead of diarizing")
+    parser.add_argument(
+        "--no-separate", action="store_true", help="a recording of voices alone: do not separate music and effects"
+    )
     parser.add_argument("--language", default="auto", help="language of the lines, e.g. English (default auto)")
     parser.add_argument(
         "-o", "--output", required=True, help="the final WAV; stems, line table and report go beside it"
@@ -74,6 +77,7 @@ def replace_options(args: argparse.Namespace):
             language=args.language,
             script=args.script,
             lines=args.lines,
+            run_separate=False if args.no_separate else None,
             speech=speech,
             quality=given(enabled=False if args.no_check else None, retries=args.retries),
             reconstruct=given(overlap=args.overlap, stretch_backend=args.stretch, timing=given(max_rate=args.max_rate)),
