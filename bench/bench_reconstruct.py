@@ -81,7 +81,7 @@ def worker(minutes: float, lines: int, rate_hz: int, backend: str) -> dict:
         slots = rc.line_slots(target_lines, turns, TARGET, mix.shape[1] / rate_hz, options)
         naturals = [round(x.size * rate_hz / NEW_RATE_HZ) for x in new_lines]
         plans = rc.plan_timing(slots, naturals, rate_hz, options.timing)
-        stream = rc.iter_lines(((x, NEW_RATE_HZ) for x in new_lines), rate_hz)
+        stream = ((x, NEW_RATE_HZ) for x in new_lines)
         return plans, rc.render(mix, vocals, accompaniment, rate_hz, plans, slots, stream, options)
 
     started = time.perf_counter()

@@ -273,6 +273,7 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
         said.turns,
         chosen.speaker,
         lines.new_lines(),
+        chosen.describe(),
     )
     f["reconstruct"] = env.stage(reconstruct_audio).submit(request, options.reconstruct, env.settings)  # 11
     done: ReconstructResult = f["reconstruct"].result()
@@ -301,7 +302,8 @@ def replaced_lines(result: ReconstructResult, settings: StoreSettings) -> tuple[
     head = f"target {result.target}: {result.replaced} of {result.lines} line(s) replaced, {result.flagged} flagged"
     if not result.lines:
         head += f" (nothing was transcribed for {result.target}: the output is the input)"
-    return (head,) + tuple(_described(row) for row in rows)
+    chosen = (f"chosen: {result.target_note}",) if result.target_note else ()
+    return (head, *chosen) + tuple(_described(row) for row in rows)
 
 
 def _described(row: dict) -> str:

@@ -30,6 +30,7 @@ the lines come from an iterator, so their number does not change the peak.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,6 +60,7 @@ CSV_NAME = "lines.csv"  # the same table as CSV: edit its text column and give i
 REPORT_NAME = "report.md"
 TRUE_PEAK_CHUNK = 1 << 18  # samples per channel oversampled at once when measuring a true peak
 TRUE_PEAK_MARGIN = 64  # samples of context either side of a chunk (the interpolation filter's reach)
+TRUE_PEAK_TAPS_PER_PHASE = 12  # BS.1770-4 Annex 2: a 48-tap, 4-phase interpolation filter
 SILENT_RMS = 1e-5  # a channel quieter than this carries none of the voice (for panning)
 OverlapPolicy = Literal["keep", "attenuate"]
 StretchBackend = Literal["auto", "rubberband", "wsola"]
@@ -293,22 +295,30 @@ def loudness_lufs(samples: np.ndarray, rate_hz: int) -> float | None:
     return -0.691 + 10 * np.log10(power) if power > 0 else None
 
 
+@functools.lru_cache(maxsize=4)
+def _interpolator(factor: int) -> np.ndarray:
+    """BS.1770-4's oversampling filter shape: 12 taps per phase, low-pass at the original Nyquist (gain = factor)."""
+    from scipy.signal import firwin
+
+    return (firwin(TRUE_PEAK_TAPS_PER_PHASE * factor, 1.0 / factor, window=("kaiser", 5.0)) * factor).astype(np.float32)
+
+
 def true_peak(samples: np.ndarray, rate_hz: int) -> float:
     """BS.1770-4 true peak (linear): the largest absolute value of the signal oversampled to ≥ 176.4 kHz.
 
     Runs chunk by chunk (with context either side), so memory stays bounded on long recordings.
     """
-    from scipy.signal import resample_poly
+    from scipy.signal import upfirdn
 
     factor = 4 if rate_hz < 96_000 else 2 if rate_hz < 192_000 else 1
-    frames, found = samples.shape[1], 0.0
+    frames, found = samples.shape[1], audio.peak(samples)
+    if factor == 1:
+        return found
+    taps = _interpolator(factor)
     for start in range(0, frames, TRUE_PEAK_CHUNK):
         lo, hi = max(0, start - TRUE_PEAK_MARGIN), min(frames, start + TRUE_PEAK_CHUNK + TRUE_PEAK_MARGIN)
-        chunk = samples[:, lo:hi]
-        if factor > 1:
-            chunk = resample_poly(chunk, factor, 1, axis=1)
-        found = max(found, float(np.max(np.abs(chunk))) if chunk.size else 0.0)
-    return max(found, audio.peak(samples))
+        found = max(found, float(np.max(np.abs(upfirdn(taps, samples[:, lo:hi], up=factor, axis=1)))))
+    return found
 
 
 def pan_gains(voice: np.ndarray) -> np.ndarray:
@@ -362,14 +372,23 @@ def _attenuation_mask(plan: LinePlan, slot: Slot, rate_hz: int, options: Reconst
     return mask
 
 
-def _fitted(line: np.ndarray, plan: LinePlan, rate_hz: int, backend: str) -> np.ndarray:
-    """The line (mono, at the output rate) stretched to its planned length (overflow cut with a short fade)."""
-    stretched = time_stretch(line[None], rate_hz, plan.length + plan.overflow, backend)[0]
+def _fitted(line: np.ndarray, line_rate_hz: int, plan: LinePlan, rate_hz: int, backend: str) -> np.ndarray:
+    """The line (mono at the output rate) stretched to its planned length (overflow cut with a short fade).
+
+    It is stretched at the lower of its own rate and the output rate (fewer samples to stretch), then
+    resampled; the resampled length is off by a sample at most, which is cut or padded.
+    """
+    work_hz = min(line_rate_hz, rate_hz)
+    total = plan.length + plan.overflow
+    mono = audio.resample(audio.downmix(line if line.ndim == 2 else line[None]), line_rate_hz, work_hz)
+    stretched = audio.resample(time_stretch(mono, work_hz, round(total * work_hz / rate_hz), backend), work_hz, rate_hz)
+    fitted = np.zeros(plan.length, np.float32)
+    kept = min(plan.length, stretched.shape[1])
+    fitted[:kept] = stretched[0, :kept]
     if plan.overflow:
-        stretched = stretched[: plan.length].copy()
         fade = min(plan.length, round(0.01 * rate_hz))
-        stretched[plan.length - fade :] *= np.linspace(1.0, 0.0, fade)
-    return stretched
+        fitted[plan.length - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return fitted
 
 
 def _place(
@@ -378,7 +397,7 @@ def _place(
     mix: np.ndarray,
     vocals: np.ndarray,
     accompaniment: np.ndarray,
-    line: np.ndarray,
+    line: tuple[np.ndarray, int],
     plan: LinePlan,
     slot: Slot,
     rate_hz: int,
@@ -387,7 +406,7 @@ def _place(
     start, end = plan.region
     original = vocals[:, plan.start : plan.start + plan.slot]
     new = np.zeros((out.shape[0], end - start))
-    new[:, : plan.length] = pan_gains(original)[:, None] * _fitted(line, plan, rate_hz, options.stretch_backend)
+    new[:, : plan.length] = pan_gains(original)[:, None] * _fitted(*line, plan, rate_hz, options.stretch_backend)
     before, after = loudness_lufs(original, rate_hz), loudness_lufs(new, rate_hz)
     gain_db = before - after if options.match_loudness and before is not None and after is not None else 0.0
     new *= 10 ** (gain_db / 20)
@@ -417,14 +436,14 @@ def render(
     rate_hz: int,
     plans: Sequence[LinePlan],
     slots: Sequence[Slot],
-    lines: Iterable[np.ndarray | None],
+    lines: Iterable[tuple[np.ndarray, int] | None],
     options: ReconstructOptions = ReconstructOptions(),
 ) -> Rendered:
     """The final mix (see the module's step 3).
 
     ``mix``, ``vocals`` and ``accompaniment`` are ``(channels, n)`` at ``rate_hz``; ``lines`` yields,
-    in the plans' order, each new line as mono float32 at ``rate_hz`` (None for a line not replaced):
-    it is consumed one line at a time.
+    in the plans' order, each new line as ``(samples, its rate)`` (None for a line not replaced): it is
+    consumed one line at a time.
     """
     if not (mix.shape == vocals.shape == accompaniment.shape):
         raise ValueError(f"the mix and its stems differ in shape: {mix.shape}, {vocals.shape}, {accompaniment.shape}")
@@ -443,17 +462,6 @@ def render(
         voice_out *= scale
         global_gain_db, peak = float(20 * np.log10(scale)), peak * scale
     return Rendered(out, voice_out, tuple(placed), global_gain_db, audio.to_dbfs(peak))
-
-
-def iter_lines(lines: Iterable[tuple[np.ndarray, int] | None], rate_hz: int) -> Iterator[np.ndarray | None]:
-    """Each ``(samples, rate)`` line as mono float32 at ``rate_hz`` (None passes through)."""
-    for item in lines:
-        if item is None:
-            yield None
-            continue
-        samples, rate = item
-        samples = samples if samples.ndim == 2 else samples[None]
-        yield audio.resample(audio.downmix(samples), rate, rate_hz)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,11 +494,12 @@ class ReconstructRequest:
     turns: tuple[Turn, ...]
     target: str
     lines: tuple[NewLine, ...]
+    target_note: str = ""  # how the target was chosen (e.g. every speaker's similarity to a sample)
 
     @property
     def sha256(self) -> str:
         accompaniment = self.accompaniment.sha256 if self.accompaniment else None
-        parts = [self.mix.sha256, self.vocals.sha256, str(accompaniment), self.target]
+        parts = [self.mix.sha256, self.vocals.sha256, str(accompaniment), self.target, self.target_note]
         parts += [f"{t.start_s}:{t.end_s}:{t.speaker}" for t in self.turns]
         parts += [f"{n.line}:{n.audio.sha256 if n.audio else None}:{n.check}" for n in self.lines]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -594,7 +603,7 @@ def _rounded(value: float | None, digits: int = 2) -> float | None:
 
 
 def report_markdown(
-    name: str, target: str, rows: Sequence[dict], rendered: Rendered, options: ReconstructOptions
+    name: str, target: str, rows: Sequence[dict], rendered: Rendered, options: ReconstructOptions, target_note: str = ""
 ) -> str:
     """The run's report: what was replaced, the timing fit, the levels and every flagged line with its reasons."""
     replaced = sum(r["replaced"] for r in rows)
@@ -602,7 +611,7 @@ def report_markdown(
     lines = [
         f"# Voice replaced in {name}",
         "",
-        f"Target **{target}**: {replaced} of {len(rows)} line(s) replaced; {len(flagged)} flagged. "
+        f"Target **{target_note or target}**: {replaced} of {len(rows)} line(s) replaced; {len(flagged)} flagged. "
         f"True peak {rendered.true_peak_dbtp:.1f} dBTP (ceiling {options.true_peak_dbtp:.1f})"
         + (
             f"; the whole mix was lowered {-rendered.global_gain_db:.1f} dB because the input peaks above it."
@@ -669,6 +678,7 @@ class ReconstructResult:
     flagged: int
     true_peak_dbtp: float
     global_gain_db: float
+    target_note: str = ""  # how the target was chosen
 
     def summary(self) -> dict:
         return {
@@ -707,8 +717,7 @@ def reconstruct_audio(
         for new, s in zip(request.lines, slots)
     ]
     plans = plan_timing(slots, naturals, rate, options.timing)
-    lines = iter_lines(_line_audio(request, settings), rate)
-    rendered = render(mix, vocals, accompaniment, rate, plans, slots, lines, options)
+    rendered = render(mix, vocals, accompaniment, rate, plans, slots, _line_audio(request, settings), options)
     rows = line_rows(request, slots, plans, rendered.placed, rate, options)
     parquet, csv = table_bytes(rows)
     name = request.mix.uri.rsplit("/", 1)[-1]
@@ -717,7 +726,11 @@ def reconstruct_audio(
         write_audio(settings, VOICE_NAME, rendered.voice, rate),
         write_artifact(settings, TABLE_NAME, parquet),
         write_artifact(settings, CSV_NAME, csv),
-        write_artifact(settings, REPORT_NAME, report_markdown(name, request.target, rows, rendered, options).encode()),
+        write_artifact(
+            settings,
+            REPORT_NAME,
+            report_markdown(name, request.target, rows, rendered, options, request.target_note).encode(),
+        ),
         request.vocals if request.accompaniment else None,
         request.accompaniment,
         request.target,
@@ -726,4 +739,5 @@ def reconstruct_audio(
         sum(r["flagged"] for r in rows),
         rendered.true_peak_dbtp,
         rendered.global_gain_db,
+        request.target_note,
     )

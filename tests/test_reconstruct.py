@@ -37,7 +37,7 @@ def replace_voice(conversation, options=rc.ReconstructOptions(), voice="en+f3", 
     slots = rc.line_slots(lines, conversation.turns(), TARGET, mix.shape[1] / rate, options)
     new = [espeak(text, voice, NEW_RATE_HZ) for text in (texts or [x.text for x in lines])]
     plans = rc.plan_timing(slots, [round(x.size * rate / NEW_RATE_HZ) for x in new], rate, options.timing)
-    stream = rc.iter_lines(((x, NEW_RATE_HZ) for x in new), rate)
+    stream = ((x, NEW_RATE_HZ) for x in new)
     return slots, plans, rc.render(mix, vocals, accompaniment, rate, plans, slots, stream, options)
 
 
