@@ -41,10 +41,10 @@ from voxflow.tasks import transcribe as transcription
 from voxflow.tasks.diarize import DiarizeOptions, diarize_audio
 from voxflow.tasks.enhance import enhance_audio
 from voxflow.tasks.ingest import ingest_file
-from voxflow.tasks.kit.caching import params_hash
+from voxflow.tasks.kit.caching import TextInput, params_hash
 from voxflow.tasks.kit.options import InvalidOptions, Options
 from voxflow.tasks.kit.outputs import read_bytes
-from voxflow.tasks.line_check import CheckOptions, IntendedText, LineCheck, check_new_line
+from voxflow.tasks.line_check import CheckOptions, LineCheck, check_new_line
 from voxflow.tasks.reconstruct import (
     NewLine,
     ReconstructOptions,
@@ -181,7 +181,7 @@ class LineRun:
             quality = options.quality.resolved(env.models)
             for t in tries:
                 audio = t.final if t.final is not None else t.speech.result().lines[0].artifact
-                text = IntendedText(self.lines[t.index].text)
+                text = TextInput(self.lines[t.index].text)
                 t.check = env.stage(check_new_line).submit(audio, text, voice, quality, env.settings, env.models)
         for t in tries:
             for stage, future in (("synthesize", t.speech), ("enhance", t.final), ("line_check", t.check)):

@@ -18,7 +18,6 @@ the timing planner (:mod:`voxflow.tasks.reconstruct`), which knows the slot.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import re
 import unicodedata
@@ -32,6 +31,7 @@ from pydantic import Field
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import audio, quality
 from voxflow.tasks.helpers.quality import QualityThresholds
+from voxflow.tasks.kit.caching import TextInput
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.options import Options
 from voxflow.tasks.kit.outputs import audio_input, read_audio
@@ -158,17 +158,6 @@ def check_line(
 # Stage task
 
 
-@dataclass(frozen=True)
-class IntendedText:
-    """What a line should say, as a stage input: its content keys the cache (``sha256``)."""
-
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
 def hearing(options: TranscribeOptions, models: ModelSettings) -> Callable[[np.ndarray], str]:
     """The recognizer of the transcribe stage, as text-from-16-kHz-speech."""
     options = replace(options.resolved(models), language_per_chunk=False)
@@ -195,25 +184,22 @@ def _encoder(model_dir: str | None) -> Any:
         return None
 
 
-def to_check_rate(samples: np.ndarray, rate_hz: int) -> np.ndarray:
-    """Mono float32 at 16 kHz."""
-    return audio.resample(audio.downmix(samples), rate_hz, CHECK_RATE_HZ)[0]
-
-
 @stage_task(StageSpec(STAGE, code_version=CODE_VERSION, inputs=("line", "text", "voice")))
 def check_new_line(
     line: Any,
-    text: IntendedText,
+    text: TextInput,
     voice: Any | None,
     options: CheckOptions,
     settings: StoreSettings,
     models: ModelSettings,
 ) -> LineCheck:
     """Check one finished line (audio or a stage result with ``.artifact``) against its text and the voice's reference."""
-    samples = to_check_rate(*read_audio(audio_input(line), settings))
+    samples = audio.mono_at(*read_audio(audio_input(line), settings), CHECK_RATE_HZ)
     encoder = _encoder(str(models.model_dir) if models.model_dir else None)
     reference = None
     if encoder is not None and voice is not None:
-        reference = encoder.embed(to_check_rate(*read_audio(audio_input(voice), settings)), CHECK_RATE_HZ)
+        reference = encoder.embed(
+            audio.mono_at(*read_audio(audio_input(voice), settings), CHECK_RATE_HZ), CHECK_RATE_HZ
+        )
     embed = (lambda s: encoder.embed(s, CHECK_RATE_HZ)) if encoder is not None else None
     return check_line(samples, text.text, options, hearing(options.transcribe, models), embed, reference)

@@ -62,6 +62,7 @@ from pydantic import AfterValidator, Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import quality
+from voxflow.tasks.kit.caching import TextInput
 from voxflow.tasks.kit.models import (
     RESIDENT,
     ModelNotFound,
@@ -815,15 +816,7 @@ def synthesize(
 # Stage tasks
 
 
-@dataclass(frozen=True)
-class ReferenceText:
-    """The words of a reference recording, as a stage input: its content keys the cache (``sha256``)."""
-
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+ReferenceText = TextInput  # the words of a reference recording, as a stage input
 
 
 def reference_words(transcript: Any, settings: StoreSettings, name: str) -> str:

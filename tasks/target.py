@@ -141,10 +141,6 @@ def choose_target(
     return TargetChoice(max(talk, key=lambda s: (talk[s], s)), "most-talk", talk, {})
 
 
-def speech_16k(samples: np.ndarray, rate_hz: int) -> np.ndarray:
-    return audio.resample(audio.downmix(samples), rate_hz, EMBED_RATE_HZ)[0]
-
-
 @stage_task(StageSpec(STAGE, code_version=CODE_VERSION, inputs=("vocals", "script", "sample")))
 def choose_target_speaker(
     vocals: Any,
@@ -166,5 +162,7 @@ def choose_target_speaker(
         with holding(encoder):
             return encoder.embed(samples, EMBED_RATE_HZ)
 
-    speech = speech_16k(*read_audio(audio_input(vocals), settings))
-    return choose_target(turns, options, speech, speech_16k(*read_audio(audio_input(sample), settings)), embed)
+    speech = audio.mono_at(*read_audio(audio_input(vocals), settings), EMBED_RATE_HZ)
+    return choose_target(
+        turns, options, speech, audio.mono_at(*read_audio(audio_input(sample), settings), EMBED_RATE_HZ), embed
+    )

@@ -128,6 +128,20 @@ def use_store(monkeypatch):
     return use
 
 
+@pytest.fixture
+def use_models(tiny_models, monkeypatch):
+    """Point flows at a model folder on the CPU, as a user would with VOXFLOW_MODEL_DIR: the tiny models of
+    the libraries named (``use_models("demucs", "whisper")``), or any folder (``use_models(folder=...)``)."""
+
+    def use(*libraries: str, folder=None):
+        folder = folder or tiny_models.build(*libraries)
+        monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(folder))
+        monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
+        return folder
+
+    return use
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test harness (temporary database, ephemeral API) for the whole session.

@@ -33,12 +33,9 @@ TWO_SPEAKERS = TranscribeFlowOptions(diarize=DiarizeOptions(num_speakers=2))
 
 
 @pytest.fixture
-def models_env(tiny_models, monkeypatch):
+def models_env(use_models):
     """VOXFLOW_MODEL_DIR pointing at the tiny models, on the CPU: flows resolve their models from it."""
-    folder = tiny_models.build("denoiser", "demucs", "pyannote", "whisper")
-    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(folder))
-    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
-    return folder
+    return use_models("denoiser", "demucs", "pyannote", "whisper")
 
 
 def _bytes(settings: StoreSettings, uri: str) -> bytes:

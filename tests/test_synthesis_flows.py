@@ -35,12 +35,9 @@ QUICK = SynthesizeOptions(frames_per_char=0.5, margin_frames=4, max_new_tokens_c
 
 
 @pytest.fixture
-def models_env(tiny_models, monkeypatch):
+def models_env(use_models):
     """VOXFLOW_MODEL_DIR pointing at the tiny models, on the CPU: flows resolve their models from it."""
-    folder = tiny_models.build("denoiser", "whisper", "qwen_tts", "novasr")
-    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(folder))
-    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
-    return folder
+    return use_models("denoiser", "whisper", "qwen_tts", "novasr")
 
 
 @pytest.fixture

@@ -44,11 +44,8 @@ def conversation():
 
 
 @pytest.fixture
-def models_env(tiny_models, monkeypatch):
-    folder = tiny_models.build("demucs", "whisper", "qwen_tts", "pyannote")
-    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(folder))
-    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
-    return folder
+def models_env(use_models):
+    return use_models("demucs", "whisper", "qwen_tts", "pyannote")
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from voxflow.tasks import synthesize as tts
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.helpers.voiceprint import load_voice_encoder
 from voxflow.tasks.kit.models import ModelSettings
-from voxflow.tasks.line_check import CHECK_RATE_HZ, CheckOptions, check_line, hearing, to_check_rate
+from voxflow.tasks.line_check import CHECK_RATE_HZ, CheckOptions, check_line, hearing
 from voxflow.tasks.synthesize import Speech
-from voxflow.tasks.target import TargetOptions, choose_target, speech_16k
+from voxflow.tasks.target import TargetOptions, choose_target
 from voxflow.tasks.transcribe import TranscribeOptions
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def settings(real_models) -> ModelSettings:
 
 def piper_16k(text: str) -> np.ndarray:
     samples, rate = piper_speak(text)
-    return to_check_rate(samples[None] * 0.5, rate)
+    return audio.mono_at(samples[None] * 0.5, rate, CHECK_RATE_HZ)
 
 
 def test_the_check_passes_a_correct_line_and_fails_one_that_says_something_else(settings):
@@ -79,7 +79,7 @@ def test_the_check_passes_a_correct_line_and_fails_one_that_says_something_else(
 def test_like_a_sample_finds_the_speaker_and_reports_every_similarity(settings):
     conversation = build_conversation(SCRIPT, overlap_line=SCRIPT_OVERLAP_LINE)
     encoder = load_voice_encoder(settings.model_dir)
-    speech = speech_16k(sum(conversation.voices.values()), conversation.sample_rate_hz)
+    speech = audio.mono_at(sum(conversation.voices.values()), conversation.sample_rate_hz, CHECK_RATE_HZ)
     sample = espeak("I will call you back after lunch to talk about the plan.", "en+f3", CHECK_RATE_HZ)
     choice = choose_target(
         conversation.turns(), TargetOptions(), speech, sample, lambda s: encoder.embed(s, CHECK_RATE_HZ)
@@ -91,7 +91,7 @@ def test_like_a_sample_finds_the_speaker_and_reports_every_similarity(settings):
 
 
 def test_the_loop_keeps_good_lines_and_regenerates_then_flags_a_wrong_one(
-    tmp_path, use_store, prefect_harness, real_models, monkeypatch
+    tmp_path, use_store, use_models, prefect_harness, real_models, monkeypatch
 ):
     """A test synthesizer speaks each line with Piper, except one line, which it always gets wrong."""
     conversation = build_conversation(SCRIPT, overlap_line=SCRIPT_OVERLAP_LINE)
@@ -109,8 +109,7 @@ def test_the_loop_keeps_good_lines_and_regenerates_then_flags_a_wrong_one(
         return spoken
 
     monkeypatch.setattr(tts, "synthesize", piper_synthesize)
-    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(real_models))
-    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
+    use_models(folder=real_models)
     settings = StoreSettings(location=str(tmp_path / "store"))
     use_store(settings)
     reference_text = "This is how my voice sounds when I read a sentence aloud, slowly and clearly."
@@ -145,7 +144,7 @@ def test_the_loop_keeps_good_lines_and_regenerates_then_flags_a_wrong_one(
     ("name", "run_separate"), [("diar_2spk_pyannote/sample.wav", False), ("music_vocals_mp3/audio_example.mp3", True)]
 )
 def test_the_flow_end_to_end_on_corpus_recordings(
-    name, run_separate, tmp_path, use_store, prefect_harness, real_models, monkeypatch
+    name, run_separate, tmp_path, use_store, use_models, prefect_harness, real_models, monkeypatch
 ):
     """Real Whisper base hears the lines (tiny pyannote and Qwen3-TTS do the rest): the recording keeps its rate,
     channels and length, and every sample outside the replaced lines.
@@ -155,8 +154,7 @@ def test_the_flow_end_to_end_on_corpus_recordings(
     and the output must then be the input itself."""
     from tests.conftest import CORPUS
 
-    monkeypatch.setenv("VOXFLOW_MODEL_DIR", str(real_models))
-    monkeypatch.setenv("VOXFLOW_DEVICE", "cpu")
+    use_models(folder=real_models)
     monkeypatch.setenv("VOXFLOW_WHISPER_MODEL", "base")
     monkeypatch.setenv("VOXFLOW_WHISPER_BACKEND", "faster-whisper")
     settings = StoreSettings(location=str(tmp_path / "store"))

@@ -207,6 +207,11 @@ def downmix(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
+def mono_at(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """``(channels, samples)`` downmixed and resampled: 1-D float32 at ``to_hz``."""
+    return resample(downmix(samples), from_hz, to_hz)[0]
+
+
 def k_weighting(sample_rate_hz: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """BS.1770's K-weighting at ``sample_rate_hz`` as two ``(b, a)`` biquads: a high shelf (+4 dB above
     about 1.5 kHz), then a high-pass (about 38 Hz).

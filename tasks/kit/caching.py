@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 PARAMS_HASH_CHARS = 16
@@ -28,6 +29,17 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """Words as a stage input (a plain ``str`` input is read as a source URI): their content keys the cache."""
+
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
 def params_hash(options: Any, *, code_version: str, model_id: str | None = None) -> str:
