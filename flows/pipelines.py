@@ -8,6 +8,7 @@ at most ``parallel_files`` files at a time.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -52,14 +53,21 @@ class FilePipeline:
     submit: Submit  # submits the file's stage tasks in order; their futures by stage (the last one is the result)
     version: str  # changes when any of its stages' code versions change
     describe: Describe | None = None  # lines the command line prints of a file's result (read where the flow runs)
+    waits: bool = False  # its submit waits on its own stages (a later one needs an earlier one's answer)
 
     @classmethod
     def of_stages(
-        cls, name: str, options_type: type, submit: Submit, *stages: ModuleType, describe: Describe | None = None
+        cls,
+        name: str,
+        options_type: type,
+        submit: Submit,
+        *stages: ModuleType,
+        describe: Describe | None = None,
+        waits: bool = False,
     ) -> FilePipeline:
         """A pipeline over stage modules (each with ``STAGE`` and ``CODE_VERSION``), its version from theirs."""
         version = ",".join(f"{m.STAGE}:{m.CODE_VERSION}" for m in stages)
-        return cls(name, tuple(m.STAGE for m in stages), options_type, submit, version, describe)
+        return cls(name, tuple(m.STAGE for m in stages), options_type, submit, version, describe, waits)
 
     def options(self, params: dict[str, Any] | Any) -> Any:
         """The options from flow parameters, with a one-line error naming the pipeline."""
@@ -189,6 +197,8 @@ def run_files(
     progress: Progress,
 ) -> list[FileOutcome]:
     """Run the pipeline on every source, at most ``parallel_files`` at a time, isolating failures."""
+    if pipeline.waits:
+        return run_waiting_files(pipeline, sources, options, env, parallel_files, progress)
     pending = list(sources)[::-1]
     running: dict[PrefectFuture, tuple[str, dict[str, PrefectFuture]]] = {}
     outcomes: dict[str, FileOutcome] = {}
@@ -213,6 +223,36 @@ def run_files(
         outcomes[source] = file_outcome(source, futures, pipeline, env.settings)
         progress(len(outcomes), len(sources))
         start_next()
+    progress.close()
+    return [outcomes[s] for s in sources]
+
+
+def run_waiting_files(
+    pipeline: FilePipeline,
+    sources: Sequence[str],
+    options: Any,
+    env: Environment,
+    parallel_files: int,
+    progress: Progress,
+) -> list[FileOutcome]:
+    """:func:`run_files` for a pipeline whose submit waits on its own stages: each file's submit runs in a
+    thread of its own (with the flow run's context), ``parallel_files`` at a time, isolating failures."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import as_completed as threads_completed
+
+    outcomes: dict[str, FileOutcome] = {}
+    with ThreadPoolExecutor(max_workers=max(parallel_files, 1), thread_name_prefix=pipeline.name) as pool:
+        running = {
+            pool.submit(contextvars.copy_context().run, pipeline.submit, source, options, env): source
+            for source in sources
+        }
+        for done in threads_completed(running):
+            source = running[done]
+            try:
+                outcomes[source] = file_outcome(source, done.result(), pipeline, env.settings)
+            except Exception as e:  # one bad file never stops the others
+                outcomes[source] = failed_outcome(source, e)
+            progress(len(outcomes), len(sources))
     progress.close()
     return [outcomes[s] for s in sources]
 

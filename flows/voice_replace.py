@@ -327,6 +327,7 @@ PIPELINE = FilePipeline.of_stages(
     line_check,
     reconstruct,
     describe=replaced_lines,
+    waits=True,
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,14 +134,37 @@ def submit_chain(source_uri: str, options: ChainOptions, env: Environment) -> di
 CHAIN = FilePipeline("test-chain", ("ingest", "gain", "levels"), ChainOptions, submit_chain, "test:1")
 
 
+WAITING_BARRIER: list[threading.Barrier] = []  # set by a test: files that must be waiting at the same time
+
+
+def submit_waiting_chain(source_uri: str, options: ChainOptions, env: Environment) -> dict[str, PrefectFuture]:
+    """The chain, waiting on each stage before the next (as voice_replace does) and, in between, for the
+    other files at ``WAITING_BARRIER`` (a run that took the files one by one breaks it)."""
+    futures = {"ingest": env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)}
+    futures["ingest"].result()
+    WAITING_BARRIER[0].wait()
+    futures["gain"] = env.stage(gain).submit(futures["ingest"], options.gain, env.settings)
+    futures["levels"] = env.stage(levels).submit(futures["gain"].result(), options.levels, env.settings)
+    futures["levels"].result()
+    return futures
+
+
+WAITING_CHAIN = FilePipeline(
+    "test-waiting-chain", ("ingest", "gain", "levels"), ChainOptions, submit_waiting_chain, "test:1", waits=True
+)
+
+
 @flow(name="test-chain", task_runner=ThreadPoolTaskRunner(max_workers=16))
-def chain(paths: list[str], options: ChainOptions = ChainOptions(), parallel_files: int = 2) -> RunReport:
-    """ingest → gain → levels on each file."""
+def chain(
+    paths: list[str], options: ChainOptions = ChainOptions(), parallel_files: int = 2, waiting: bool = False
+) -> RunReport:
+    """ingest → gain → levels on each file (``waiting``: each stage waited on before the next)."""
     env = environment(None)
     from voxflow.storage.sources import expand_sources
 
     sources = expand_sources(paths, env.settings, audio.SUPPORTED_FORMATS)
-    report = RunReport(run_files(CHAIN, sources, options, env, parallel_files, Progress("test-chain", len(sources))))
+    pipeline = WAITING_CHAIN if waiting else CHAIN
+    report = RunReport(run_files(pipeline, sources, options, env, parallel_files, Progress("test-chain", len(sources))))
     if report.failed:
         raise FilesFailed(report)
     return report

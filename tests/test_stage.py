@@ -207,3 +207,19 @@ def test_a_library_error_names_the_file_the_stage_and_says_it_is_unexpected(tmp_
     assert outcome.message.startswith("speech.wav: gain: unexpected LinAlgError inside numpy (a bug to report;")
     assert outcome.message.endswith("): Singular matrix") and "\n" not in outcome.message
     assert "failed: speech.wav: gain: unexpected LinAlgError" in str(e.value)
+
+
+def test_a_pipeline_that_waits_on_its_stages_still_runs_its_files_at_once(tmp_path, use_store):
+    """voice_replace's chain waits between its stages; parallel_files of such files must still run together."""
+    use_store(StoreSettings(location=str(tmp_path / "store")))
+    paths = [str(CORPUS / "asr_en_jfk" / "jfk.flac"), str(CORPUS / "clone_ref_lj" / "LJ050-0131.wav")]
+    stages.WAITING_BARRIER[:] = [threading.Barrier(2, timeout=30)]  # both files inside their chains at once
+    report = chain(paths=paths, parallel_files=2, waiting=True)
+    assert [o.status for o in report.outcomes] == ["done", "done"]
+    assert [o.stages for o in report.outcomes] == [("ingest", "gain", "levels")] * 2
+    stages.WAITING_BARRIER[:] = [threading.Barrier(2, timeout=3)]
+    with pytest.raises(stages.FilesFailed) as failed:  # one at a time, the first file waits alone: broken
+        chain(
+            paths=[str(CORPUS / "sep_2spk_mixture" / "mixture_2.wav")] * 1 + paths[:1], parallel_files=1, waiting=True
+        )
+    assert failed.value.report.failed

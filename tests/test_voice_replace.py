@@ -229,7 +229,7 @@ def test_ingest_folder_runs_voice_replace_on_each_new_file_with_one_voice(
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     conversation.write(inbox / "monday.wav")
-    write_audio(inbox / "tuesday.flac", conversation.mix, conversation.sample_rate_hz)  # same talk, other bytes
+    write_audio(inbox / "tuesday.flac", conversation.mix, conversation.sample_rate_hz)  # the talk in 16-bit FLAC
     (inbox / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     params = {
         "design": "a calm, low voice",
@@ -248,6 +248,10 @@ def test_ingest_folder_runs_voice_replace_on_each_new_file_with_one_voice(
     by_name = {o.name: o for o in report.outcomes}
     assert by_name["monday.wav"].status == "done" and by_name["tuesday.flac"].status == "done"
     assert by_name["broken.wav"].message.startswith("broken.wav: ingest: ")
+    # the two ran at once (parallel_files=2), each replacing the same lines in its own audio
+    monday, tuesday = by_name["monday.wav"].result, by_name["tuesday.flac"].result
+    assert (monday.lines, monday.replaced) == (tuesday.lines, tuesday.replaced) == (3, 3)
+    assert monday.artifact.frames == tuesday.artifact.frames == conversation.mix.shape[1]
     processed = catalog.frame("processed")
     assert set(processed.query("status == 'done'").source_uri.str.rsplit("/", n=1).str[-1]) == {
         "monday.wav",
@@ -259,3 +263,16 @@ def test_ingest_folder_runs_voice_replace_on_each_new_file_with_one_voice(
         "tuesday.flac": "skipped",
         "broken.wav": "skipped",
     }
+
+
+def test_like_without_speaker_encoder_weights_says_what_to_fetch(tmp_path, use_store, models_env, conversation):
+    use_store(StoreSettings(location=str(tmp_path / "store")))
+    source = conversation.write(tmp_path / "talk.wav")
+    sample = write_audio(tmp_path / "sample.wav", conversation.voices[TARGET], conversation.sample_rate_hz)
+    options = VoiceReplaceOptions(
+        like=str(sample), lines=str(write_lines(conversation, tmp_path / "lines.csv")), speech=QUICK_SPEECH
+    )
+    state = voice_replace(paths=[str(source)], options=options, return_state=True)
+    assert state.is_failed()
+    assert "talk.wav: target: no GE2E speaker-encoder weights at " in state.message
+    assert "pip download --no-deps resemblyzer==0.1.4" in state.message and "\n" not in state.message
