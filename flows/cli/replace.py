@@ -8,7 +8,7 @@ from pathlib import Path
 from voxflow.flows.cli.common import add_store_options, given, option, print_report
 from voxflow.tasks.line_check import CheckOptions
 from voxflow.tasks.reconstruct import ReconstructOptions, TimingOptions
-from voxflow.tasks.synthesize import SynthesizeOptions
+from voxflow.tasks.synthesize import AUTO_LANGUAGE, SynthesizeOptions
 
 OUTPUT_SUFFIXES = {  # artifact name -> what is written next to -o OUT.wav
     "vocals.wav": ".vocals.wav",
@@ -37,7 +37,9 @@ def add_replace(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-separate", action="store_true", help="a recording of voices alone: do not separate music and effects"
     )
-    parser.add_argument("--language", default="auto", help="language of the lines, e.g. English (default auto)")
+    parser.add_argument(
+        "--language", default=AUTO_LANGUAGE, help=f"language of the lines, e.g. English (default {AUTO_LANGUAGE})"
+    )
     parser.add_argument(
         "-o", "--output", required=True, help="the final WAV; stems, line table and report go beside it"
     )
