@@ -96,3 +96,30 @@ def test_catalog_time_travel_compaction_and_migration_from_the_command_line(run_
     assert compacted.returncode == 0, compacted.stderr
     assert "files" in compacted.stdout and "stage_runs" in compacted.stdout
     assert "jfk.flac" in run_cli("catalog", "files", "--columns", "source_name").stdout
+
+
+def test_a_killed_command_leaves_no_prefect_server_behind(tmp_path):
+    """SIGKILL skips every exit handler: the ephemeral Prefect server the command started must stop by itself."""
+    import signal
+    import time
+
+    import psutil
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    base.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    source = write_audio(tmp_path / "long.wav", tone_and_noise(1, 16000, 120.0), 16000)
+    command = [str(Path(sys.executable).with_name("voxflow")), "ingest", str(source)]
+    parent = subprocess.Popen(command, cwd=tmp_path, env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    servers: list[psutil.Process] = []
+    while not servers and time.monotonic() < deadline and parent.poll() is None:
+        servers = [c for c in psutil.Process(parent.pid).children() if "uvicorn" in " ".join(c.cmdline())]
+        time.sleep(0.2)
+    assert servers, "the command started no ephemeral Prefect server"
+    time.sleep(2.0)  # let it come up and start serving
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(servers, timeout=20)
+    for process in alive:
+        process.kill()
+    assert not alive, f"the Prefect server outlived its command: {[p.pid for p in alive]}"

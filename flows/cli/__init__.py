@@ -31,6 +31,8 @@ COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "serve": ("serve", "serve every flow as a deployment on this machine (flow.serve)"),
 }
 
+RUNS_FLOWS = {"ingest", "ingest-folder", "transcribe", "separate", "lipsync", "clone", "synth", "replace"}
+
 
 def quiet_prefect(verbose: bool) -> None:
     """Keep Prefect's console logs (and their tracebacks) off the terminal unless -v; the API keeps them."""
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_prefect(verbose=bool({"-v", "--verbose"} & set(argv[: argv.index(command) if command else None])))
     try:
         args = build_parser(command).parse_args(argv)  # after quiet_prefect: Prefect reads its logging settings once
+        if command in RUNS_FLOWS:  # a flow run may start Prefect's ephemeral server: it must not outlive us
+            from voxflow.flows.ephemeral import tie_ephemeral_server
+
+            tie_ephemeral_server()
         return args.func(args)
     except ModuleNotFoundError as e:
         from voxflow.tasks.kit.runs import missing_model_stack
