@@ -2,7 +2,9 @@
 
 New means not yet processed by that flow with those parameters: the ``processed`` catalog table
 remembers each file's URI and version (mtime or ETag), so an unchanged file is skipped, a changed
-one runs again, and a file that failed for a reason that may heal (a timeout, a 5xx) is tried again.
+one runs again, and a file that failed for a reason that may heal (a timeout, a 5xx) is tried again. A
+file that failed for its content is not run again until it changes, but it stays failed in every run's
+report and state message.
 """
 
 from __future__ import annotations
@@ -35,17 +37,28 @@ from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 
 def unprocessed(
     catalog: Catalog, pipeline: FilePipeline, options: Any, entries: Sequence[SourceEntry]
-) -> tuple[list[SourceEntry], list[SourceEntry]]:
-    """Split listed files into (to run, already processed with these options and unchanged)."""
+) -> tuple[list[SourceEntry], list[FileOutcome]]:
+    """Split listed files into those to run and the outcomes of the others: already processed with these
+    options and unchanged (``skipped``), or unchanged since they failed for their content (still ``failed``,
+    with the reason recorded then, so a scheduled job never looks healthy while a bad file sits there)."""
     frame = catalog.frame("processed")
+    settled: dict[tuple[str, str], str | None] = {}  # (uri, version) -> the recorded error (None: processed)
     if len(frame):
         frame = frame[(frame["pipeline"] == pipeline.name) & (frame["params_hash"] == pipeline.params_hash(options))]
-        settled = frame[frame["status"].isin(["done", "cached"]) | ~frame["transient"].fillna(False).astype(bool)]
-        seen = set(zip(settled["source_uri"], settled["source_version"]))
-    else:
-        seen = set()
-    todo = [e for e in entries if (e.uri, e.version) not in seen]
-    return todo, [e for e in entries if (e.uri, e.version) in seen]
+        kept = frame[frame["status"].isin(["done", "cached"]) | ~frame["transient"].fillna(False).astype(bool)]
+        for row in kept.itertuples():
+            failed = row.status == "failed"
+            settled[(row.source_uri, row.source_version)] = (row.error_message or "failed") if failed else None
+    todo = [e for e in entries if (e.uri, e.version) not in settled]
+    return todo, [_earlier(e.uri, settled[(e.uri, e.version)]) for e in entries if (e.uri, e.version) in settled]
+
+
+def _earlier(uri: str, error: str | None) -> FileOutcome:
+    """A file not run again: skipped, or still failed with the ``stage: reason`` recorded when it failed."""
+    if error is None:
+        return FileOutcome(uri, "skipped")
+    stage, _, reason = error.partition(": ") if ": " in error else (None, "", error)
+    return FileOutcome(uri, "failed", error=f"unchanged since it failed: {reason}", failed_stage=stage)
 
 
 def _final_state(report: RunReport) -> State | RunReport:
@@ -83,10 +96,10 @@ def ingest_folder(
     options = chosen.options(params or {})  # 2. validate the chosen flow's parameters
     entries = list_sources([source], env.settings, SUPPORTED_FORMATS, pattern)  # 3. list the folder
     catalog = Catalog(shared_store(env.settings))
-    todo, done_before = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files
+    todo, earlier = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files
     progress = Progress(registry.INGEST_FOLDER.name, len(todo))
     outcomes = run_files(chosen, [e.uri for e in todo], options, env, parallel_files, progress)  # 5. run them
     catalog.append("processed", processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6. record
-    report = RunReport(outcomes + [FileOutcome(e.uri, "skipped") for e in done_before])
+    report = RunReport(outcomes + earlier)
     publish_table("ingest-folder-summary", [o.row() for o in report.outcomes], report.summary())  # 7. publish
     return _final_state(report)

@@ -87,8 +87,11 @@ def test_partial_failure_state_and_bad_files_are_not_retried_on_the_next_run(tmp
     error = state.result(raise_on_failure=False)
     assert isinstance(error, FilesFailed) and error.report.failed[0].error.startswith("cannot decode 'broken.wav'")
 
-    again = ingest_folder(source=str(folder), return_state=True)
-    assert again.is_completed() and again.result().count("skipped") == 2
+    again = ingest_folder(source=str(folder), return_state=True)  # the bad file is not run again, nor forgotten
+    assert again.is_failed() and again.name == "Partially failed"
+    assert "failed: broken.wav: ingest: unchanged since it failed: cannot decode 'broken.wav'" in again.message
+    report = again.result(raise_on_failure=False).report
+    assert report.count("skipped") == 1 and report.count("failed") == 1
     processed = catalog.frame("processed").set_index("source_uri")
     assert list(processed["status"].sort_values()) == ["done", "failed"]
 

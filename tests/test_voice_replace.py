@@ -257,11 +257,12 @@ def test_ingest_folder_runs_voice_replace_on_each_new_file_with_one_voice(
         "monday.wav",
         "tuesday.flac",
     }
-    again = ingest_folder(source=str(inbox), pipeline="voice-replace", params=params, parallel_files=2)
-    assert {o.name: o.status for o in again.outcomes} == {
+    with pytest.raises(FilesFailed) as again:  # nothing runs again; the broken file stays failed
+        ingest_folder(source=str(inbox), pipeline="voice-replace", params=params, parallel_files=2)
+    assert {o.name: o.status for o in again.value.report.outcomes} == {
         "monday.wav": "skipped",
         "tuesday.flac": "skipped",
-        "broken.wav": "skipped",
+        "broken.wav": "failed",
     }
 
 
