@@ -24,12 +24,17 @@ from voxflow.storage.store import open_store
 from voxflow.tasks.diarize import DiarizeOptions
 from voxflow.tasks.helpers.speakers import parse_rttm
 from voxflow.tasks.kit.outputs import read_audio
+from voxflow.tasks.transcribe import TranscribeOptions
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 SAMPLE = CORPUS / "diar_2spk_pyannote" / "sample.wav"
 MUSIC = CORPUS / "music_vocals_mp3" / "audio_example.mp3"
-TWO_SPEAKERS = TranscribeFlowOptions(diarize=DiarizeOptions(num_speakers=2))
+# greedy, one temperature: random weights fail every fallback rule, so the default beam 5 over six temperatures
+# would decode each window 30 times over (minutes) to check the same plumbing
+TWO_SPEAKERS = TranscribeFlowOptions(
+    diarize=DiarizeOptions(num_speakers=2), transcribe=TranscribeOptions(beam_size=1, temperatures=(0.0,))
+)
 
 
 @pytest.fixture
