@@ -23,6 +23,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from voxflow.flows.environment import Environment, environment
 from voxflow.flows.reporting import Progress, publish_table
+from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import SourceEntry, expand_sources
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
@@ -103,7 +104,7 @@ class FileOutcome:
 
     @property
     def name(self) -> str:
-        return self.source_uri.rsplit("/", 1)[-1]
+        return source_name(self.source_uri)
 
     @property
     def message(self) -> str:

@@ -34,6 +34,7 @@ from voxflow.flows.pipelines import (
 )
 from voxflow.flows.reporting import StageBars, publish_markdown
 from voxflow.flows.speech import SpeechOptions, Voice, record_syntheses, synthesis_rows
+from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks import diarize, ingest, line_check, reconstruct, script, separate, target
 from voxflow.tasks import synthesize as synthesis
@@ -236,7 +237,7 @@ class LineRun:
 
 def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain (see the module); waits where a later step needs an earlier one's answer."""
-    name = source_uri.rsplit("/", 1)[-1]
+    name = source_name(source_uri)
     bars = StageBars(name)
     f: dict[str, PrefectFuture] = {}
     f["ingest"] = env.stage(ingest_file).submit(source_uri, ingest.NATIVE, env.settings)  # 1
@@ -274,6 +275,7 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
         chosen.speaker,
         lines.new_lines(),
         chosen.describe(),
+        name,
     )
     f["reconstruct"] = env.stage(reconstruct_audio).submit(request, options.reconstruct, env.settings)  # 11
     done: ReconstructResult = f["reconstruct"].result()

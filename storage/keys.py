@@ -41,6 +41,12 @@ def parse_location(location: str | Path) -> Location:
     return Location("file", "", str(Path(text).expanduser().resolve()))
 
 
+def source_name(uri: str) -> str:
+    """The file name of a source or artifact URI as its owner wrote it (``file://`` URIs are percent-encoded)."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return unquote(name) if uri.startswith("file:") else name
+
+
 def file_uri(path: str | Path) -> str:
     """The ``file://`` URI of a local path."""
     return Path(path).expanduser().resolve().as_uri()

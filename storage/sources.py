@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxflow.storage.errors import ObjectNotFound
-from voxflow.storage.keys import file_uri, parse_location
+from voxflow.storage.keys import file_uri, parse_location, source_name
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import S3Store, sha256_file
 
@@ -29,7 +29,7 @@ class FetchedSource:
 
     @property
     def name(self) -> str:
-        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+        return source_name(self.uri)
 
 
 @dataclass(frozen=True)

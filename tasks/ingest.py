@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from voxflow.storage.catalog import Catalog
+from voxflow.storage.keys import source_name
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import FetchedSource, fetch_source
@@ -147,7 +148,7 @@ def _record_source(result: IngestResult, parameters: dict, catalog: Catalog) -> 
     """
     source_uri = parameters["source_uri"]
     if source_uri != result.source_uri:
-        moved = replace(result, source_uri=source_uri, source_name=source_uri.rstrip("/").rsplit("/", 1)[-1])
+        moved = replace(result, source_uri=source_uri, source_name=source_name(source_uri))
         catalog.append("files", [_files_row(moved, None)])
 
 

@@ -40,6 +40,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
+from voxflow.storage.keys import source_name
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import audio
@@ -495,11 +496,12 @@ class ReconstructRequest:
     target: str
     lines: tuple[NewLine, ...]
     target_note: str = ""  # how the target was chosen (e.g. every speaker's similarity to a sample)
+    name: str = ""  # the recording's file name, for the report
 
     @property
     def sha256(self) -> str:
         accompaniment = self.accompaniment.sha256 if self.accompaniment else None
-        parts = [self.mix.sha256, self.vocals.sha256, str(accompaniment), self.target, self.target_note]
+        parts = [self.mix.sha256, self.vocals.sha256, str(accompaniment), self.target, self.target_note, self.name]
         parts += [f"{t.start_s}:{t.end_s}:{t.speaker}" for t in self.turns]
         parts += [f"{n.line}:{n.audio.sha256 if n.audio else None}:{n.check}" for n in self.lines]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -720,7 +722,7 @@ def reconstruct_audio(
     rendered = render(mix, vocals, accompaniment, rate, plans, slots, _line_audio(request, settings), options)
     rows = line_rows(request, slots, plans, rendered.placed, rate, options)
     parquet, csv = table_bytes(rows)
-    name = request.mix.uri.rsplit("/", 1)[-1]
+    name = request.name or source_name(request.mix.uri)
     return ReconstructResult(
         write_audio(settings, MIX_NAME, rendered.mix, rate),
         write_audio(settings, VOICE_NAME, rendered.voice, rate),

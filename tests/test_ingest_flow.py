@@ -258,3 +258,15 @@ def test_a_run_on_an_unmigrated_catalog_stops_at_once_naming_the_command(tmp_pat
     assert not (legacy.store.root / "artifacts").exists()  # nothing was computed or written
     assert legacy.migrate("files") == 2 and legacy.migrate("stage_runs") == 1
     assert ingest(paths=[str(CORPUS / "denoise_babble" / "speech.wav")]).count("done") == 1
+
+
+def test_names_are_shown_and_stored_as_written(tmp_path, use_store):
+    """A name with accents and spaces is neither percent-encoded in the run's table nor in ``files``."""
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    folder = tmp_path / "réunions"
+    folder.mkdir()
+    write_audio(folder / "été à Paris #1.wav", tone_and_noise(1, 16000, 1.0), 16000)
+    report = ingest(paths=[str(folder)])
+    assert [o.name for o in report.outcomes] == ["été à Paris #1.wav"]
+    assert report.outcomes[0].row()["file"] == "été à Paris #1.wav"
+    assert list(catalog.frame("files")["source_name"]) == ["été à Paris #1.wav"]

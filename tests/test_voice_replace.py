@@ -118,6 +118,7 @@ def test_voice_replace_on_a_conversation_keeps_everything_but_the_target(
     assert (table.attempts == 2).all() and table.flagged.all() and table.notes.str.contains("wer").all()
     assert len(tts_calls) == 2 * len(table)
     report_md = stored(settings, result.report.uri).decode()
+    assert report_md.startswith("# Voice replaced in talk.wav\n")
     assert "## Flagged lines" in report_md and all(line_id in report_md for line_id in table.line_id)
     assert set(outcome.outputs) >= {"replaced.wav", "new_voice.wav", "lines.parquet", "lines.csv", "report.md"}
     vocals, _ = audio.decode_wav_bytes(stored(settings, outcome.result.voice.uri))
