@@ -72,7 +72,7 @@ class StageBars:
             self.start(stage, count)
         self.bars[stage].update(count)
 
-    def done(self, stage: str, result: object = None) -> None:
+    def done(self, stage: str) -> None:
         """A one-step stage has finished."""
         self.start(stage, 1)
         self.bars[stage].update(1)

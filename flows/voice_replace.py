@@ -257,7 +257,8 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
     voice = Voice(options.voice, options.voice_transcript, options.speech, env) if options.voice else None  # 7
     for stage in ("ingest", "separate", "diarize", "transcribe", "script", "target"):
         if stage in f:
-            bars.done(stage, f[stage].result())
+            f[stage].result()
+            bars.done(stage)
     if voice is not None:
         voice.wait()
         f.update({f"voice:{k}": v for k, v in voice.futures.items()})
@@ -279,7 +280,7 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
     )
     f["reconstruct"] = env.stage(reconstruct_audio).submit(request, options.reconstruct, env.settings)  # 11
     done: ReconstructResult = f["reconstruct"].result()
-    bars.done("reconstruct", done)
+    bars.done("reconstruct")
     bars.close()
     record_syntheses(  # 12
         synthesis_rows(lines.finished(), [options.voice] * len(lines.lines), options.speech, _flow_run_id()),

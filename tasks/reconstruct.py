@@ -264,6 +264,9 @@ def plan_timing(
     return plans
 
 
+NOTICES = ("fast", "overlap kept", "overlap attenuated")  # notes that tell, not flag: the line was still replaced
+
+
 def line_notes(plan: LinePlan, slot: Slot, options: ReconstructOptions) -> tuple[str, ...]:
     """What the report says of a line's fit: not replaced, overflow, fast, overlap kept or attenuated."""
     notes = []
@@ -592,7 +595,7 @@ def line_rows(
                 "seed": new.seed,
                 "attempts": new.attempts,
                 "quality_ok": check.passed if check else None,
-                "flagged": bool(notes) and any(n not in ("fast", "overlap kept", "overlap attenuated") for n in notes),
+                "flagged": any(n not in NOTICES for n in notes),
                 "notes": "; ".join(notes) or None,
                 "line_uri": new.audio.uri if new.audio else None,
             }

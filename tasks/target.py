@@ -14,6 +14,7 @@ Every choice reports each speaker's talk time, so a user can see why.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -62,8 +63,6 @@ class TargetChoice:
 
     @property
     def sha256(self) -> str:
-        import hashlib
-
         return hashlib.sha256(f"{self.speaker}:{self.method}".encode()).hexdigest()
 
     def describe(self) -> str:
