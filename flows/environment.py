@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import Task
 
 from voxflow.storage.catalog import Catalog
+from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
+from voxflow.storage.sources import SourceEntry
 from voxflow.storage.store import shared_store
+from voxflow.tasks.kit.locks import FileLockManager
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.stage import with_results
 
@@ -35,15 +39,25 @@ def model_settings(models_block: str | None) -> ModelSettings:
 
 @dataclass(frozen=True)
 class Environment:
-    """The store of a flow run, the saved result storage that puts cache records on it, and the models."""
+    """The store of a flow run, the saved result storage that puts cache records on it, the models, and the
+    names of the run's sources as the user wrote them (relative to the folder they were found in)."""
 
     settings: StoreSettings
     results: Any  # voxflow.blocks.results.VoxflowResults, saved
     models: ModelSettings = ModelSettings()
+    names: Mapping[str, str] = field(default_factory=dict)  # source URI -> name
 
     def stage(self, stage: Task) -> Task:
         """A stage task bound to this run's store for its cache records."""
         return with_results(stage, self.results)
+
+    def naming(self, entries: Iterable[SourceEntry]) -> Environment:
+        """This environment, naming the listed sources by their :attr:`SourceEntry.name`."""
+        return replace(self, names={**self.names, **{e.uri: e.name for e in entries if e.name}})
+
+    def name_of(self, source_uri: str) -> str:
+        """A source's name as listed (its file name when it was not listed in this run)."""
+        return self.names.get(source_uri) or source_name(source_uri)
 
 
 _SAVED: dict[tuple[str | None, str], Any] = {}
@@ -60,6 +74,21 @@ def _saved_results(api_url: str | None, results: Any) -> Any:
         return _SAVED[key]
 
 
+def remove_leftovers(settings: StoreSettings) -> None:
+    """Remove what killed runs left on this host: half-written temporary files and unheld lock files."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger, get_run_logger
+
+    partials = shared_store(settings).remove_stale_partials()
+    locks = FileLockManager().remove_stale()
+    if partials or locks:
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            logger = get_logger("voxflow")
+        logger.info("removed what killed runs left: %d temporary file(s), %d lock file(s)", partials, locks)
+
+
 def environment(storage_block: str | None, models_block: str | None = None) -> Environment:
     """Resolve the store and the models (Blocks or environment); save the result-storage Block (no secrets)."""
     from prefect.settings import get_current_settings
@@ -68,5 +97,6 @@ def environment(storage_block: str | None, models_block: str | None = None) -> E
 
     settings = store_settings(storage_block)
     Catalog(shared_store(settings)).require_migrated()  # a run never writes half into an old-format catalog
+    remove_leftovers(settings)
     results = VoxflowResults.for_store(settings, storage_block)
     return Environment(settings, _saved_results(get_current_settings().api.url, results), model_settings(models_block))

@@ -20,7 +20,7 @@ from voxflow.tasks.ingest import STAGE, IngestOptions, ingest_file
 
 def submit_ingest(source_uri: str, options: IngestOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain of this flow: one stage."""
-    return {STAGE: env.stage(ingest_file).submit(source_uri, options, env.settings)}
+    return {STAGE: env.stage(ingest_file).submit(source_uri, options, env.settings, env.name_of(source_uri))}
 
 
 PIPELINE = FilePipeline.of_stages(registry.INGEST.name, IngestOptions, submit_ingest, ingestion)

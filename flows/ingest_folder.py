@@ -30,6 +30,7 @@ from voxflow.flows.pipelines import (
 )
 from voxflow.flows.reporting import Progress, publish_table
 from voxflow.storage.catalog import Catalog
+from voxflow.storage.errors import StorageError
 from voxflow.storage.sources import SourceEntry, list_sources
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
@@ -50,18 +51,32 @@ def unprocessed(
             failed = row.status == "failed"
             settled[(row.source_uri, row.source_version)] = (row.error_message or "failed") if failed else None
     todo = [e for e in entries if (e.uri, e.version) not in settled]
-    return todo, [_earlier(e.uri, settled[(e.uri, e.version)]) for e in entries if (e.uri, e.version) in settled]
+    return todo, [_earlier(e, settled[(e.uri, e.version)]) for e in entries if (e.uri, e.version) in settled]
 
 
-def _earlier(uri: str, error: str | None) -> FileOutcome:
+def _earlier(entry: SourceEntry, error: str | None) -> FileOutcome:
     """A file not run again: skipped, or still failed with the ``stage: reason`` recorded when it failed."""
     if error is None:
-        return FileOutcome(uri, "skipped")
+        return FileOutcome(entry.uri, "skipped", label=entry.name)
     stage, _, reason = error.partition(": ") if ": " in error else (None, "", error)
-    return FileOutcome(uri, "failed", error=f"unchanged since it failed: {reason}", failed_stage=stage)
+    return FileOutcome(
+        entry.uri, "failed", error=f"unchanged since it failed: {reason}", failed_stage=stage, label=entry.name
+    )
+
+
+def record_processed(catalog: Catalog, rows: list[dict]) -> tuple[str, ...]:
+    """Append the ``processed`` rows; when the store cannot take them, the problem in one line (the files'
+    outputs and cache records are already stored: the next run finds them as cache hits)."""
+    try:
+        catalog.append("processed", rows)
+    except StorageError as e:
+        return (f"not recorded as processed ({e}); the next run checks these files again, finding what finished",)
+    return ()
 
 
 def _final_state(report: RunReport) -> State | RunReport:
+    if report.problems:
+        return Failed(message=report.state_message(), data=FilesFailed(report))
     if not report.failed:
         return Completed(message=report.summary(), data=report)
     partial = len(report.failed) < len(report.outcomes)
@@ -98,8 +113,9 @@ def ingest_folder(
     catalog = Catalog(shared_store(env.settings))
     todo, earlier = unprocessed(catalog, chosen, options, entries)  # 4. keep the new files
     progress = Progress(registry.INGEST_FOLDER.name, len(todo))
+    env = env.naming(entries)
     outcomes = run_files(chosen, [e.uri for e in todo], options, env, parallel_files, progress)  # 5. run them
-    catalog.append("processed", processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6. record
-    report = RunReport(outcomes + earlier)
+    problems = record_processed(catalog, processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6.
+    report = RunReport(outcomes + earlier, problems)
     publish_table("ingest-folder-summary", [o.row() for o in report.outcomes], report.summary())  # 7. publish
     return _final_state(report)

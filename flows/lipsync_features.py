@@ -33,7 +33,7 @@ class LipsyncFlowOptions(Options):
 
 def submit_lipsync(source_uri: str, options: LipsyncFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain: 1. ingest, 2. features."""
-    speech = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
+    speech = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings, env.name_of(source_uri))
     return {"ingest": speech, lipsync.STAGE: env.stage(features_task).submit(speech, options.features, env.settings)}
 
 

@@ -12,7 +12,7 @@ import contextvars
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -25,10 +25,10 @@ from voxflow.flows.environment import Environment, environment
 from voxflow.flows.reporting import Progress, publish_table
 from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
-from voxflow.storage.sources import SourceEntry, expand_sources
+from voxflow.storage.sources import SourceChanging, SourceEntry, list_sources
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 from voxflow.tasks.kit.caching import params_hash
-from voxflow.tasks.kit.runs import failed_stage, failure_reason, is_transient
+from voxflow.tasks.kit.runs import caused_by, failed_stage, failure_reason, is_transient
 from voxflow.tasks.kit.stage import artifact_refs
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
@@ -91,7 +91,8 @@ class FilePipeline:
 @dataclass(frozen=True)
 class FileOutcome:
     """One file's outcome: ``done`` (some stage computed), ``cached`` (every stage a cache hit),
-    ``failed`` (with the failing stage and its one-line reason) or ``skipped`` (already processed)."""
+    ``failed`` (with the failing stage and its one-line reason), ``skipped`` (already processed) or
+    ``waiting`` (still being written: nothing stored, tried again on the next run)."""
 
     source_uri: str
     status: str
@@ -101,10 +102,11 @@ class FileOutcome:
     stages: tuple[str, ...] = ()  # the stages that computed (not cache hits)
     failed_stage: str | None = None  # the stage that failed (None: before any stage ran)
     lines: tuple[str, ...] = ()  # what the command line prints of the result (e.g. the transcript)
+    label: str | None = None  # the name as listed (relative to the folder it was found in)
 
     @property
     def name(self) -> str:
-        return source_name(self.source_uri)
+        return self.label or source_name(self.source_uri)
 
     @property
     def message(self) -> str:
@@ -134,6 +136,7 @@ class RunReport:
     """The outcome of every file of one run."""
 
     outcomes: list[FileOutcome] = field(default_factory=list)
+    problems: tuple[str, ...] = ()  # what went wrong for the run as a whole (e.g. its results not recorded)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -143,15 +146,17 @@ class RunReport:
         return [o for o in self.outcomes if o.status == "failed"]
 
     def summary(self) -> str:
-        statuses = ("done", "cached", "skipped", "failed") if self.count("skipped") else ("done", "cached", "failed")
-        labels = {"skipped": "already processed"}
+        statuses = ("done", "cached", *(s for s in ("skipped", "waiting") if self.count(s)), "failed")
+        labels = {"skipped": "already processed", "waiting": "still being written"}
         counts = ", ".join(f"{self.count(s)} {labels.get(s, s)}" for s in statuses)
         return f"{len(self.outcomes)} file(s): {counts}"
 
     def state_message(self) -> str:
-        """The summary, then each failed file with its stage and reason (a flow run's state message)."""
+        """The summary, then each failed file with its stage and reason, then the run's problems (a flow run's
+        state message)."""
         failed = "; ".join(o.message for o in self.failed)
-        return f"{self.summary()}; failed: {failed}" if failed else self.summary()
+        parts = [self.summary(), *([f"failed: {failed}"] if failed else []), *self.problems]
+        return "; ".join(parts)
 
 
 class FilesFailed(Exception):
@@ -163,10 +168,11 @@ class FilesFailed(Exception):
 
 
 def failed_outcome(source_uri: str, error: BaseException, stage: str | None = None) -> FileOutcome:
-    """A failed file: the stage it failed in and the reason, in words a user can act on."""
+    """A failed file: the stage it failed in and the reason, in words a user can act on (``waiting`` when
+    the file was still being written)."""
     return FileOutcome(
         source_uri,
-        "failed",
+        "waiting" if caused_by(error, SourceChanging) else "failed",
         error=failure_reason(error),
         transient=is_transient(error),
         failed_stage=failed_stage(error) or stage,
@@ -225,7 +231,7 @@ def run_files(
         progress(len(outcomes), len(sources))
         start_next()
     progress.close()
-    return [outcomes[s] for s in sources]
+    return [replace(outcomes[s], label=env.name_of(s)) for s in sources]
 
 
 def run_waiting_files(
@@ -255,7 +261,7 @@ def run_waiting_files(
                 outcomes[source] = failed_outcome(source, e)
             progress(len(outcomes), len(sources))
     progress.close()
-    return [outcomes[s] for s in sources]
+    return [replace(outcomes[s], label=env.name_of(s)) for s in sources]
 
 
 def processed_rows(
@@ -269,7 +275,7 @@ def processed_rows(
     by_uri = {e.uri: e for e in entries}
     rows = []
     for outcome in outcomes:
-        if outcome.status == "skipped":
+        if outcome.status in ("skipped", "waiting"):  # waiting: not recorded, so the next run tries it again
             continue
         entry = by_uri[outcome.source_uri]
         rows.append(
@@ -303,7 +309,8 @@ def run_pipeline(
     Raises :class:`FilesFailed` (carrying the report) when any file failed.
     """
     env = environment(storage_block, models_block)
-    sources = expand_sources(paths, env.settings, SUPPORTED_FORMATS)
+    entries = list_sources(paths, env.settings, SUPPORTED_FORMATS)
+    env, sources = env.naming(entries), [e.uri for e in entries]
     progress = Progress(pipeline.name, len(sources))
     report = RunReport(run_files(pipeline, sources, options, env, parallel_files, progress))
     publish_table(f"{pipeline.name}-summary", [o.row() for o in report.outcomes], report.summary())

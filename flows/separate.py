@@ -33,7 +33,7 @@ class SeparateFlowOptions(Options):
 
 def submit_separate(source_uri: str, options: SeparateFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain: 1. ingest, 2. separate."""
-    mix = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings)
+    mix = env.stage(ingest_file).submit(source_uri, options.ingest, env.settings, env.name_of(source_uri))
     return {
         "ingest": mix,
         "separate": env.stage(separate_audio).submit(mix, options.separate, env.settings, env.models),

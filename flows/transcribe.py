@@ -51,7 +51,11 @@ class TranscribeFlowOptions(Options):
 
 def submit_transcribe(source_uri: str, options: TranscribeFlowOptions, env: Environment) -> dict[str, PrefectFuture]:
     """The per-file chain; each stage reads the audio the previous one wrote."""
-    futures = {"ingest": env.stage(ingest_file).submit(source_uri, options.ingest_options(), env.settings)}  # 1
+    futures = {
+        "ingest": env.stage(ingest_file).submit(
+            source_uri, options.ingest_options(), env.settings, env.name_of(source_uri)
+        )
+    }  # 1
     audio = futures["ingest"]
     if options.run_separate:  # 2. the vocals, without music and effects
         audio = futures["separate"] = env.stage(separate_audio).submit(

@@ -240,7 +240,7 @@ def submit_voice_replace(source_uri: str, options: VoiceReplaceOptions, env: Env
     name = source_name(source_uri)
     bars = StageBars(name)
     f: dict[str, PrefectFuture] = {}
-    f["ingest"] = env.stage(ingest_file).submit(source_uri, ingest.NATIVE, env.settings)  # 1
+    f["ingest"] = env.stage(ingest_file).submit(source_uri, ingest.NATIVE, env.settings, env.name_of(source_uri))  # 1
     voices = f["ingest"]
     if options.run_separate:  # 2
         voices = f["separate"] = env.stage(separate_audio).submit(voices, options.separate, env.settings, env.models)

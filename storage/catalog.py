@@ -292,8 +292,16 @@ def merge_predicate(spec: TableSpec, batch: pa.Table) -> str:
     return " AND ".join(join + known)
 
 
+def one_line(error: BaseException) -> str:
+    """delta-rs's error chain (lines marked with coloured arrows) as one plain line, cause last: it names the
+    request URL (the endpoint) and why it failed, e.g. ``Connection refused``."""
+    text = re.sub(r"\x1b\[[0-9;]*m|↳", "", str(error))
+    parts = [" ".join(line.split()) for line in text.splitlines()]
+    return ": ".join(p for p in parts if p) or type(error).__name__
+
+
 def _storage_error(uri: str, error: Exception) -> StorageError:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = one_line(error)
     permanent = any(marker in str(error) for marker in _PERMANENT_S3)
     return (StorageError if permanent else TransientStorageError)(uri, f"catalog table: {text}")
 

@@ -7,11 +7,12 @@ Artifacts are content-addressed: the same input with the same options always lan
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote_to_bytes, urlparse
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
@@ -35,21 +36,36 @@ def parse_location(location: str | Path) -> Location:
             raise ValueError(f"{text!r}: an s3:// URI needs a bucket name")
         return Location("s3", parsed.netloc, parsed.path.strip("/"))
     if text.startswith("file://"):
-        text = unquote(urlparse(text).path)
+        text = os.fsdecode(unquote_to_bytes(urlparse(text).path))  # names in any encoding, as the disk has them
     elif "://" in text:
         raise ValueError(f"{text!r}: unsupported scheme; use a local path, file:// or s3://")
-    return Location("file", "", str(Path(text).expanduser().resolve()))
+    return Location("file", "", os.path.abspath(Path(text).expanduser()))  # links kept: named as the user named them
 
 
 def source_name(uri: str) -> str:
-    """The file name of a source or artifact URI as its owner wrote it (``file://`` URIs are percent-encoded)."""
+    """The file name of a source or artifact URI as its owner wrote it (``file://`` URIs are percent-encoded),
+    made safe to print and store (see :func:`printable`)."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    return unquote(name) if uri.startswith("file:") else name
+    return printable(os.fsdecode(unquote_to_bytes(name)) if uri.startswith("file:") else name)
+
+
+def printable(name: str) -> str:
+    """A name as written, with what cannot be shown on one line escaped: control characters (a newline, a
+    terminal escape) as Python writes them, bytes that are not UTF-8 as ``\\xNN``."""
+    if name.isprintable():
+        return name
+    out = []
+    for ch in name:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte os.fsdecode could not decode
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch if ch.isprintable() else repr(ch)[1:-1])
+    return "".join(out)
 
 
 def file_uri(path: str | Path) -> str:
-    """The ``file://`` URI of a local path."""
-    return Path(path).expanduser().resolve().as_uri()
+    """The ``file://`` URI of a local path, made absolute; a symbolic link keeps its own path."""
+    return Path(os.path.abspath(Path(path).expanduser())).as_uri()
 
 
 def check_key(key: str) -> str:

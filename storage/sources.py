@@ -13,9 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxflow.storage.errors import ObjectNotFound
-from voxflow.storage.keys import file_uri, parse_location, source_name
+from voxflow.storage.keys import file_uri, parse_location, printable, source_name
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import S3Store, sha256_file
+
+
+class SourceChanging(Exception):
+    """A source file changed while it was read: a copy or recording still being written. Nothing of it is
+    stored; the next run tries it again."""
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__(f"'{name}' is still being written ({what} while it was read); the next run tries it again")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -26,31 +35,58 @@ class FetchedSource:
     path: Path
     sha256: str
     size_bytes: int
+    mtime_ns: int | None = None  # of a local source when it was hashed (None: a downloaded copy)
+    label: str | None = None  # its name as listed, when known (see SourceEntry.name)
 
     @property
     def name(self) -> str:
-        return source_name(self.uri)
+        return self.label or source_name(self.uri)
+
+    def check_unchanged(self, expected_sha256: str | None = None) -> None:
+        """Raise :class:`SourceChanging` when the file's size or modification time differ from when it was
+        hashed, or its hash from ``expected_sha256`` (the one a stage's cache key was computed from)."""
+        if self.mtime_ns is not None:
+            try:
+                stat = self.path.stat()
+            except FileNotFoundError:
+                raise SourceChanging(self.name, "it was removed") from None
+            if (stat.st_size, stat.st_mtime_ns) != (self.size_bytes, self.mtime_ns):
+                raise SourceChanging(
+                    self.name,
+                    f"its size went from {self.size_bytes} to {stat.st_size} bytes"
+                    if stat.st_size != self.size_bytes
+                    else "it was modified",
+                )
+        if expected_sha256 is not None and expected_sha256 != self.sha256:
+            raise SourceChanging(self.name, "its content changed since it was listed")
 
 
 @dataclass(frozen=True)
 class SourceEntry:
-    """A listed source file: its URI, size and version (mtime for files, ETag for S3 objects)."""
+    """A listed source file: its URI, size, version (mtime for files, ETag for S3 objects) and name: its path
+    below the folder or prefix it was found in, as written (see :func:`voxflow.storage.keys.printable`), or
+    its file name when it was named itself."""
 
     uri: str
     size_bytes: int
     version: str
+    name: str = ""
 
 
 def _wanted(relative: str, extensions: Iterable[str] | None, pattern: str | None) -> bool:
+    """Whether a file found below a listed folder is a source: not hidden (no part of its path starts with a
+    dot, like macOS's ``._x.wav`` resource forks), with an audio extension, matching the pattern."""
+    if any(part.startswith(".") for part in relative.split("/")):
+        return False
     name = relative.rsplit("/", 1)[-1].lower()
     if extensions is not None and name.rsplit(".", 1)[-1] not in {e.lower().lstrip(".") for e in extensions}:
         return False
     return pattern is None or fnmatch.fnmatchcase(relative, pattern)
 
 
-def _local_entry(path: Path) -> SourceEntry:
+def _local_entry(path: Path, name: str | None = None) -> SourceEntry:
     stat = path.stat()
-    return SourceEntry(file_uri(path), stat.st_size, f"mtime:{stat.st_mtime_ns}")
+    return SourceEntry(file_uri(path), stat.st_size, f"mtime:{stat.st_mtime_ns}", printable(name or path.name))
 
 
 def list_sources(
@@ -75,11 +111,12 @@ def list_sources(
             head = store.head(location.path) if location.path else None
             if head is not None:
                 uri = f"s3://{location.bucket}/{location.path}"
-                found[uri] = SourceEntry(uri, head["ContentLength"], f"etag:{head['ETag'].strip(chr(34))}")
+                etag = head["ETag"].strip('"')
+                found[uri] = SourceEntry(uri, head["ContentLength"], f"etag:{etag}", source_name(uri))
                 continue
             prefix = f"{location.path}/" if location.path else ""
             entries = [
-                SourceEntry(f"s3://{location.bucket}/{key}", size, f"etag:{etag}")
+                SourceEntry(f"s3://{location.bucket}/{key}", size, f"etag:{etag}", printable(key[len(prefix) :]))
                 for key, size, etag in store.iter_objects(prefix)
                 if _wanted(key[len(prefix) :], extensions, pattern)
             ]
@@ -90,11 +127,11 @@ def list_sources(
         local = Path(location.path)
         if local.is_dir():
             files = sorted(
-                p
+                (p, p.relative_to(local).as_posix())
                 for p in local.rglob("*")
                 if p.is_file() and _wanted(p.relative_to(local).as_posix(), extensions, pattern)
             )
-            found.update((e.uri, e) for e in map(_local_entry, files))
+            found.update((e.uri, e) for e in (_local_entry(p, relative) for p, relative in files))
         elif local.exists():
             entry = _local_entry(local)
             found[entry.uri] = entry
@@ -143,15 +180,18 @@ class _NullSink:
 
 
 @contextlib.contextmanager
-def fetch_source(uri: str, settings: StoreSettings) -> Iterator[FetchedSource]:
-    """Make a source available as a local file (downloading ``s3://`` ones to a temporary file)."""
+def fetch_source(uri: str, settings: StoreSettings, name: str | None = None) -> Iterator[FetchedSource]:
+    """Make a source available as a local file (downloading ``s3://`` ones to a temporary file); ``name``: its
+    name as listed."""
     location = parse_location(uri)
     if location.scheme == "file":
         path = Path(location.path)
         if not path.is_file():
             raise ObjectNotFound(uri)
-        uri = file_uri(path)  # its hash is usually known already: the stage cache key needed it
-        yield FetchedSource(uri, path, source_sha256(uri, settings), path.stat().st_size)
+        uri = file_uri(path)
+        before = path.stat()
+        sha256 = source_sha256(uri, settings)  # usually known already: the stage's cache key needed it
+        yield FetchedSource(uri, path, sha256, before.st_size, before.st_mtime_ns, name)
         return
     store = S3Store(location.bucket, "", settings=settings)
     suffix = Path(location.path).suffix
@@ -159,6 +199,6 @@ def fetch_source(uri: str, settings: StoreSettings) -> Iterator[FetchedSource]:
     try:
         with os.fdopen(fd, "wb") as f:
             sha256, size = store.download(location.path, f)
-        yield FetchedSource(uri, Path(tmp), sha256, size)
+        yield FetchedSource(uri, Path(tmp), sha256, size, label=name)
     finally:
         os.unlink(tmp)

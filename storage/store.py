@@ -12,10 +12,14 @@ Both backends share one contract:
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import shutil
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -26,10 +30,16 @@ from typing import BinaryIO
 
 from voxflow.storage.errors import ChecksumMismatch, ObjectNotFound, StorageError, TransientStorageError
 from voxflow.storage.keys import Location, check_key, parse_location
-from voxflow.storage.settings import StoreSettings
+from voxflow.storage.settings import StoreSettings, voxflow_home
 
 CHUNK_BYTES = 1 << 20
 TMP_PREFIX = ".tmp-"
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_GRACE_S = 10.0
+STAGING_FOLDER = f"{TMP_PREFIX}staging"
+TRANSIENT_S3_CODES = ("SlowDown", "Throttling", "RequestTimeout", "BadDigest", "XAmzContentSHA256Mismatch")
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5, 60  # per S3 request (boto3 and delta-rs)
+CATALOG_MAX_RETRIES, CATALOG_RETRY_TIMEOUT_S = 4, 20  # delta-rs's retries of one request
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,36 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(CHUNK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _held_partial(path: Path) -> Iterator[BinaryIO]:
+    """Create ``path`` for writing, held with ``flock`` until the block ends, then remove it."""
+    with open(path, "w+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield f
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _remove_partials(folder: Path) -> int:
+    """Remove the ``.tmp-*.partial`` files below ``folder`` whose writer is gone (no lock held on them, and
+    untouched for ``PARTIAL_GRACE_S``: a writer takes its lock just after creating the file)."""
+    if not folder.is_dir():
+        return 0
+    removed, cutoff = 0, time.time() - PARTIAL_GRACE_S
+    for path in folder.rglob(f"{TMP_PREFIX}*{PARTIAL_SUFFIX}"):
+        try:
+            if path.stat().st_mtime > cutoff:
+                continue
+            with open(path, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live writer
+                path.unlink()
+            removed += 1
+        except (BlockingIOError, FileNotFoundError):
+            continue
+    return removed
 
 
 def _verify(uri: str, data: bytes, expected: str | None) -> bytes:
@@ -80,6 +120,26 @@ class ArtifactStore(ABC):
         digest = sha256 or sha256_file(path)
         with open(path, "rb") as f:
             return self._put_stream(key, f, size, digest)
+
+    def _staging_folder(self, key: str) -> Path:
+        return voxflow_home() / "staging"
+
+    @contextlib.contextmanager
+    def staged(self, key: str) -> Iterator[BinaryIO]:
+        """A new local temporary file, open for writing, to store under ``key`` with :meth:`put_file` before
+        leaving the block; it is removed on leaving.
+
+        Its name starts with ``.tmp-`` and ends with ``.partial``, and it is held with an advisory lock
+        while this process lives, so :meth:`remove_stale_partials` removes it only once its writer died.
+        """
+        folder = self._staging_folder(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _held_partial(folder / f"{TMP_PREFIX}{uuid.uuid4().hex}-{key.rsplit('/', 1)[-1]}{PARTIAL_SUFFIX}") as f:
+            yield f
+
+    def remove_stale_partials(self) -> int:
+        """Remove the temporary files (``.tmp-*.partial``) that killed writers left; returns how many."""
+        return _remove_partials(voxflow_home() / "staging")
 
     @abstractmethod
     def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
@@ -136,26 +196,54 @@ class LocalStore(ArtifactStore):
         path = Path(location.path)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else None
 
+    @property
+    def staging(self) -> Path:
+        """Where writes are staged: one hidden folder of the store (same file system: objects are linked into
+        place, never copied), never listed, and cleaned of what killed writers left."""
+        return self.root / STAGING_FOLDER
+
+    def _staging_folder(self, key: str) -> Path:
+        return self.staging
+
+    def remove_stale_partials(self) -> int:
+        return _remove_partials(self.staging) + super().remove_stale_partials()
+
+    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
+        """A file from :meth:`staged` is linked into place (no copy); any other file is copied."""
+        path, target = Path(path), self._path(key)
+        if path.parent != self.staging:
+            return super().put_file(key, path, sha256)
+        info = ObjectInfo(self.uri(key), key, sha256 or sha256_file(path), path.stat().st_size)
+        try:
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)  # atomic and never overwrites: the first writer wins
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
+        return info
+
     def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
         target = self._path(key)
         info = ObjectInfo(self.uri(key), key, sha256, size)
         if target.is_file():
             return info
-        tmp = target.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}.partial")
+        tmp = self.staging / f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}{PARTIAL_SUFFIX}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            with _held_partial(tmp) as f:
                 shutil.copyfileobj(stream, f, CHUNK_BYTES)
                 f.flush()
                 os.fsync(f.fileno())
-            try:
-                os.link(tmp, target)  # atomic and never overwrites: the first writer wins
-            except FileExistsError:
-                pass
+                try:
+                    os.link(tmp, target)  # atomic and never overwrites: the first writer wins
+                except FileExistsError:
+                    pass
         except OSError as e:
             raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
-        finally:
-            tmp.unlink(missing_ok=True)
         return info
 
     def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
@@ -174,8 +262,8 @@ class LocalStore(ArtifactStore):
             return []
         keys = []
         for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith(TMP_PREFIX):
-                key = path.relative_to(self.root).as_posix()
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and not any(part.startswith(TMP_PREFIX) for part in key.split("/")):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
@@ -196,8 +284,10 @@ class S3Store(ArtifactStore):
     """A bucket prefix on any S3-compatible endpoint, through boto3.
 
     Small objects are one ``PutObject``; objects over ``multipart_threshold_bytes`` are a multipart
-    upload that becomes visible only when completed (an interrupted one is aborted). Every object
-    carries its sha256 in the ``x-amz-meta-sha256`` header.
+    upload that becomes visible only when completed (an interrupted one is aborted). Every write sends
+    a SHA-256 checksum the server verifies before storing (``x-amz-checksum-sha256``; per part for a
+    multipart upload), and every object carries its sha256 in the ``x-amz-meta-sha256`` header, checked
+    on every read.
     """
 
     def __init__(
@@ -233,7 +323,11 @@ class S3Store(ArtifactStore):
             aws_access_key_id=s.access_key_id,
             aws_secret_access_key=s.secret_access_key,
             aws_session_token=s.session_token,
-            config=Config(retries={"mode": "standard", "max_attempts": self.max_attempts}),
+            config=Config(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -260,7 +354,14 @@ class S3Store(ArtifactStore):
             reason = f"cannot {action}: {code} {error.get('Message', '')}".strip()
             if code == "NoSuchBucket":
                 reason = f"cannot {action}: bucket {self.bucket!r} does not exist"
-            transient = status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
+            elif status == 403:
+                reason = (
+                    f"cannot {action}: access denied ({code or 403} {error.get('Message') or 'Forbidden'}".strip()
+                    + f"): check the credentials for {self.settings.endpoint_url or 'AWS S3'} and their rights"
+                    f" on bucket {self.bucket!r}"
+                )
+            # BadDigest, XAmzContentSHA256Mismatch: the body changed on its way (the checksum we sent caught it)
+            transient = status >= 500 or code in TRANSIENT_S3_CODES
             return (TransientStorageError if transient else StorageError)(uri, reason)
         if isinstance(e, BotoCoreError):
             return TransientStorageError(uri, f"cannot {action}: {e}")
@@ -294,7 +395,11 @@ class S3Store(ArtifactStore):
         try:
             if size < self.multipart_threshold_bytes:
                 self.client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=stream.read(), Metadata={"sha256": sha256}
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=stream.read(),
+                    Metadata={"sha256": sha256},
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),  # the server verifies it
                 )
             else:
                 config = TransferConfig(
@@ -302,9 +407,8 @@ class S3Store(ArtifactStore):
                     multipart_chunksize=self.multipart_chunk_bytes,
                     use_threads=False,
                 )
-                self.client.upload_fileobj(
-                    stream, self.bucket, self._key(key), ExtraArgs={"Metadata": {"sha256": sha256}}, Config=config
-                )
+                extra = {"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"}  # each part verified
+                self.client.upload_fileobj(stream, self.bucket, self._key(key), ExtraArgs=extra, Config=config)
         except (ClientError, BotoCoreError) as e:
             raise self._error(key, "write", e) from e
         except Exception as e:  # boto3's transfer manager wraps failures in its own types
@@ -394,6 +498,10 @@ class S3Store(ArtifactStore):
             "AWS_ACCESS_KEY_ID": s.access_key_id,
             "AWS_SECRET_ACCESS_KEY": s.secret_access_key,
             "AWS_SESSION_TOKEN": s.session_token,
+            # bounded: an unreachable endpoint fails a catalog write in seconds, not after object_store's 3 minutes
+            "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+            "max_retries": str(CATALOG_MAX_RETRIES),
+            "retry_timeout": f"{CATALOG_RETRY_TIMEOUT_S}s",
         }
         return self.uri(key.rstrip("/")), {k: v for k, v in options.items() if v}
 

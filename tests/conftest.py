@@ -159,15 +159,17 @@ def prefect_harness():
 
 
 class FlakyS3:
-    """An HTTP proxy in front of the S3 server that answers 503 SlowDown to the first N matching requests."""
+    """An HTTP proxy in front of an S3 server that answers 503 SlowDown to the first N matching requests, or
+    (``corrupt``) forwards them with one byte of their body flipped, as a faulty network path would."""
 
-    def __init__(self, upstream: str, fail_first: int, method: str) -> None:
+    def __init__(self, upstream: str, fail_first: int, method: str, corrupt: bool = False) -> None:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import urlparse
 
         self.fail_first, self.method, self.failed = fail_first, method, 0
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers of each forwarded one
         lock = threading.Lock()
         target = urlparse(upstream)
         proxy = self
@@ -198,7 +200,10 @@ class FlakyS3:
                 with lock:
                     fail = self.command == proxy.method and proxy.failed < proxy.fail_first
                     proxy.failed += fail
-                if fail:
+                if fail and corrupt and len(body) > 64:
+                    middle = len(body) // 2
+                    body = body[:middle] + bytes([body[middle] ^ 0x20]) + body[middle + 1 :]
+                elif fail:
                     error = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
                     self.send_response(503)
                     self.send_header("Content-Length", str(len(error)))
@@ -206,8 +211,9 @@ class FlakyS3:
                     self.wfile.write(error)
                     return
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = target.netloc
+                headers = dict(self.headers.items())  # the Host the client signed (SeaweedFS checks signatures)
+                with lock:
+                    proxy.requests.append((self.command, self.path, dict(headers)))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
@@ -278,3 +284,30 @@ class TinyModels:
 def tiny_models(tmp_path_factory) -> TinyModels:
     """Tiny random-weight models of the real architectures in the real on-disk formats (no download)."""
     return TinyModels(tmp_path_factory.mktemp("models"))
+
+
+# The faults the suite injects, and where (the README's "Bad input and faults" table lists what each does).
+FAULTS = {
+    "S3 store gone at the end of a run, then back with its data": "test_s3_faults.py",
+    "S3 answering 503 SlowDown to the first writes (moto and SeaweedFS)": "test_s3_faults.py, test_ingest_folder.py",
+    "wrong S3 credentials": "test_s3_faults.py",
+    "a request body corrupted on its way to S3": "test_s3_faults.py",
+    "SIGKILL at seeded random points of ingest-folder, 10 rounds": "test_kill_loop.py",
+    "SIGKILL in the middle of a stage holding its lock and the GPU slot": "test_resume.py",
+    "SIGKILL of a command that started Prefect's ephemeral server": "test_cli.py",
+    "a lock file left by a killed holder": "test_locks_and_retries.py",
+    "a file growing while it is read": "test_ingest_folder.py",
+    "CUDA out of memory, injected": "test_stage.py, test_locks_and_retries.py",
+    "two runs of the same files at once": "test_stage.py",
+    "200 files, 4 at a time, on a Prefect server on PostgreSQL": "test_load.py",
+}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many kinds of bad input and of fault the suite tries."""
+    from tests.bad_inputs import KIND_COUNT
+
+    terminalreporter.write_line(
+        f"voxflow: {KIND_COUNT} kinds of input (tests/bad_inputs.py) and {len(FAULTS)} kinds of fault "
+        "(tests/conftest.py FAULTS) are in this suite"
+    )

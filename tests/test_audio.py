@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import tracemalloc
+
 import numpy as np
 import pyloudnorm
 import pytest
@@ -9,7 +12,7 @@ import soundfile as sf
 
 from tests.synth import tone_and_noise, write_audio
 from voxflow.tasks.helpers import audio
-from voxflow.tasks.ingest import IngestOptions, measure, preprocess
+from voxflow.tasks.ingest import IngestOptions, Preprocessor, ingest_audio, measure, preprocess
 
 
 @pytest.mark.parametrize(
@@ -78,6 +81,83 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path):
         message = str(e.value)
         assert message.startswith(f"cannot decode '{name}': ") and reason in message
         assert "\n" not in message
+
+
+def _ffmpeg_tone(path, seconds: float = 3.0) -> bytes:
+    """A stereo tone (48 kHz: Opus takes no other) encoded by ffmpeg in the format the suffix names."""
+    lavfi = f"sine=f=440:d={seconds}"
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", lavfi, "-ac", "2", "-ar", "48000"]
+    subprocess.run([*command, str(path)], check=True)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", ["mp3", "ogg", "opus", "m4a", "aac", "flac", "webm", "wav"])
+def test_a_half_copied_file_is_truncated_not_a_shorter_recording(tmp_path, suffix):
+    """A copy cut at half its bytes fails in one line, for every container (before: MP3, Opus and WebM
+    decoded as a shorter recording, M4A, AAC, FLAC and OGG as 'not a recognised audio format')."""
+    whole = _ffmpeg_tone(tmp_path / f"whole.{suffix}")
+    assert audio.decode_file(tmp_path / f"whole.{suffix}").duration_s == pytest.approx(3.0, abs=0.06)
+    half = tmp_path / f"half.{suffix}"
+    half.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(audio.AudioDecodeError) as e:
+        audio.decode_file(half)
+    message = str(e.value)
+    assert message.startswith(f"cannot decode 'half.{suffix}': file is truncated") and "\n" not in message
+
+
+def test_blocks_give_the_samples_of_one_read(tmp_path):
+    """Reading block by block, resampling and measuring give what one whole-file pass gives."""
+    samples = tone_and_noise(2, 44100, 7.3, seed=3)
+    path = write_audio(tmp_path / "x.flac", samples, 44100, "PCM_24")
+    with audio.open_audio(path) as source:
+        blocks = list(source.blocks(frames=10_000))
+    assert len(blocks) == 33 and all(b.shape[0] == 2 for b in blocks)
+    whole = np.concatenate(blocks, axis=1)
+    np.testing.assert_array_equal(whole, audio.decode_file(path).samples)
+    meter = audio.LoudnessMeter(44100, 2)
+    for block in blocks:
+        meter.add(block)
+    assert meter.integrated() == pytest.approx(audio.integrated_loudness(whole, 44100), abs=1e-9)
+    step = Preprocessor(44100, 2, IngestOptions())
+    streamed = np.concatenate([*(step(b) for b in blocks), step.flush()], axis=1)
+    np.testing.assert_array_equal(streamed, preprocess(whole, 44100, IngestOptions()))
+
+
+def test_ingest_memory_does_not_grow_with_duration(tmp_path):
+    """Ten minutes of 44.1 kHz stereo FLAC (212 MB as float samples) is ingested holding a few MB
+    (before: the whole file decoded, measured and resampled in memory, about 1 GB)."""
+    source = tmp_path / "long.flac"
+    synth = [
+        "sox",
+        "-n",
+        "-r",
+        "44100",
+        "-c",
+        "2",
+        "-b",
+        "16",
+        str(source),
+        "synth",
+        "600",
+        "sine",
+        "220",
+        "sine",
+        "330",
+    ]
+    subprocess.run(synth, check=True)
+    out = tmp_path / "working.wav"
+    tracemalloc.start()
+    try:
+        with open(out, "wb") as f:
+            stats, working = ingest_audio(source, source.name, IngestOptions(), f)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6, f"peak {peak / 1e6:.0f} MB of Python and numpy allocations"
+    assert (stats.frames, working.frames) == (600 * 44100, 600 * 16000)
+    assert stats.integrated_lufs == pytest.approx(-3.9, abs=0.1)
+    decoded, rate = sf.read(out, frames=16000, dtype="float32")
+    assert rate == 16000 and out.stat().st_size == 58 + 600 * 16000 * 4
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000, 96000])

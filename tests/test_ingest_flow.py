@@ -48,7 +48,7 @@ def test_corpus_files_are_ingested_with_their_reference_facts(tmp_path, use_stor
     sums = _sha256sums()
     assert len(files) == len(CORPUS_EXPECTED)
     for relative, (duration_s, rate, channels) in CORPUS_EXPECTED.items():
-        row = files.loc[relative.rsplit("/", 1)[1]]
+        row = files.loc[relative]  # named by its path below the folder ingested
         assert row["sha256"] == sums[relative]
         assert row["duration_s"] == pytest.approx(duration_s, abs=0.05)
         assert (row["sample_rate_hz"], row["channels"]) == (rate, channels)
@@ -80,7 +80,7 @@ def test_second_run_is_a_cache_hit_without_decoding(tmp_path, use_store, monkeyp
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cache hit must not decode")
 
-    monkeypatch.setattr(audio, "decode_file", no_decoding)
+    monkeypatch.setattr(audio, "open_audio", no_decoding)
     report = ingest(paths=[jfk])
     assert report.count("cached") == 1
     assert report.outcomes[0].result.stats.duration_s == pytest.approx(11.0)
@@ -195,8 +195,9 @@ def test_s3_source_into_s3_store(s3_settings, use_store):
     report = ingest(paths=[f"s3://{location.bucket}/incoming"])
     assert report.count("done") == 2
     files = catalog.frame("files").set_index("source_name")
-    assert files.loc["jfk.flac", "source_uri"] == f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"
-    assert files.loc["jfk.flac", "sha256"] == _sha256sums()["asr_en_jfk/jfk.flac"]
+    jfk = "asr_en_jfk/jfk.flac"  # its key below the prefix ingested
+    assert files.loc[jfk, "source_uri"] == f"s3://{location.bucket}/incoming/asr_en_jfk/jfk.flac"
+    assert files.loc[jfk, "sha256"] == _sha256sums()["asr_en_jfk/jfk.flac"]
     assert catalog.dataset("artifacts").count_rows() == 2
     assert all(
         uri.startswith(f"s3://{location.bucket}/{location.path}/artifacts/")

@@ -96,6 +96,66 @@ def test_partial_failure_state_and_bad_files_are_not_retried_on_the_next_run(tmp
     assert list(processed["status"].sort_values()) == ["done", "failed"]
 
 
+def test_a_file_still_being_written_waits_stores_nothing_and_runs_next_time(tmp_path, use_store, monkeypatch):
+    """A recording that grows while it is read is neither stored nor remembered: the run stays healthy and
+    says so, and the next run ingests the finished file (before: the part read was stored as done, and the
+    finished file added a second ``files`` row under the same path)."""
+    from voxflow.tasks import ingest as ingestion
+
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    folder = tmp_path / "recorder"
+    folder.mkdir()
+    growing = write_audio(folder / "live.wav", tone_and_noise(1, 16000, 1.0), 16000, "PCM_16")
+    write_audio(folder / "done.wav", tone_and_noise(1, 16000, 1.0, seed=2), 16000, "PCM_16")
+    read = ingestion.ingest_audio
+
+    def recorder_writes_on(path, name, *args):
+        result = read(path, name, *args)
+        if path.name == "live.wav":
+            with open(path, "ab") as f:
+                f.write(b"\0" * 3200)
+        return result
+
+    monkeypatch.setattr(ingestion, "ingest_audio", recorder_writes_on)
+    state = ingest_folder(source=str(folder), return_state=True)
+    report = state.result()
+    assert state.is_completed() and report.summary() == ("2 file(s): 1 done, 0 cached, 1 still being written, 0 failed")
+    (waiting,) = [o for o in report.outcomes if o.status == "waiting"]
+    assert waiting.name == "live.wav" and waiting.error.startswith(
+        "'live.wav' is still being written (its size went from 32044 to 35244 bytes while it was read)"
+    )
+    assert list(catalog.frame("files")["source_name"]) == ["done.wav"]  # nothing of it stored
+    assert len(catalog.frame("artifacts")) == 1
+    assert list(catalog.frame("processed")["source_uri"].str.rsplit("/", n=1).str[1]) == ["done.wav"]
+
+    monkeypatch.setattr(ingestion, "ingest_audio", read)  # the recording is finished
+    again = ingest_folder(source=str(folder))
+    assert again.summary() == "2 file(s): 1 done, 0 cached, 1 already processed, 0 failed"
+    files = catalog.frame("files")
+    assert sorted(files["source_name"]) == ["done.wav", "live.wav"] and growing.stat().st_size == 35244
+
+
+def test_names_are_relative_to_the_folder_and_links_keep_their_own_path(tmp_path, use_store):
+    """Same-named files in two subfolders are told apart, and a link to a file outside the folder is named
+    and recorded as the link (before: 'take.wav' twice, and the link under its target's path)."""
+    catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
+    folder, elsewhere = tmp_path / "session", tmp_path / "elsewhere"
+    for part in ("mic-a", "mic-b"):
+        (folder / part).mkdir(parents=True)
+        write_audio(folder / part / "take.wav", tone_and_noise(1, 16000, 1.0, seed=len(part) + ord(part[-1])), 16000)
+    elsewhere.mkdir()
+    target = write_audio(elsewhere / "room.wav", tone_and_noise(1, 16000, 1.0, seed=9), 16000)
+    (folder / "room-link.wav").symlink_to(target)
+    (folder / "loop").symlink_to(folder)  # a link back up is never walked into
+
+    report = ingest_folder(source=str(folder))
+    assert sorted(o.name for o in report.outcomes) == ["mic-a/take.wav", "mic-b/take.wav", "room-link.wav"]
+    assert sorted(o.row()["file"] for o in report.outcomes) == ["mic-a/take.wav", "mic-b/take.wav", "room-link.wav"]
+    files = catalog.frame("files").set_index("source_name")
+    assert sorted(files.index) == ["mic-a/take.wav", "mic-b/take.wav", "room-link.wav"]
+    assert files.loc["room-link.wav", "source_uri"] == (folder / "room-link.wav").as_uri()
+
+
 def test_s3_prefix_with_an_endpoint_failing_the_first_writes(s3_settings, use_store, flaky_s3):
     flaky = flaky_s3(fail_first=6)  # boto3 sends a request up to 6 times: only the stage retry can heal this
     settings = dataclasses.replace(s3_settings, endpoint_url=flaky.url)

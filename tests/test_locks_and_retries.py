@@ -52,7 +52,30 @@ def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     assert (tmp_path / "k.lock").exists()  # the file stays; the kernel released its lock
-    assert FileLockManager(tmp_path).acquire_lock("k", holder="next", acquire_timeout=1)
+    assert FileLockManager(tmp_path).remove_stale() == 1  # what the next run does first
+    assert not (tmp_path / "k.lock").exists()
+    locks = FileLockManager(tmp_path)
+    assert locks.acquire_lock("k", holder="next", acquire_timeout=1)
+    assert FileLockManager(tmp_path).remove_stale() == 0 and (tmp_path / "k.lock").exists()  # held: kept
+    locks.release_lock("k", holder="next")
+    assert list(tmp_path.iterdir()) == []  # no lock file outlives its use (before: one per cache key, forever)
+
+
+def test_a_lock_file_removed_by_its_releaser_is_never_shared(tmp_path):
+    """Two managers racing on one key while the holder releases (and removes the file): one wins at a time."""
+    first, second = FileLockManager(tmp_path), FileLockManager(tmp_path)
+    assert first.acquire_lock("k", "a")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(second.acquire_lock("k", "b", acquire_timeout=5)))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got and first.is_locked("k")
+    first.release_lock("k", "a")
+    waiter.join()
+    assert got == [True] and second.is_lock_holder("k", "b")
+    assert not FileLockManager(tmp_path).acquire_lock("k", "c", acquire_timeout=0.2)  # b holds it, file or not
+    second.release_lock("k", "b")
+    assert not first.is_locked("k") and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

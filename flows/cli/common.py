@@ -66,7 +66,9 @@ def print_report(report: Any, columns: Sequence[str]) -> int:
             print("\n".join(outcome.lines))
     for outcome in report.failed:  # one line per file: the file, the stage, the reason
         print(f"error: {outcome.message}", file=sys.stderr)
-    return 1 if report.failed else 0
+    for problem in getattr(report, "problems", ()):
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if report.failed or getattr(report, "problems", ()) else 0
 
 
 def run_files(flow: Any, args: argparse.Namespace, options: Any, columns: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""Audio at the edges: decode, encode, resample, loudness. Pure functions, no storage.
+"""Audio at the edges: encode, resample, loudness (decoding: :mod:`voxflow.tasks.helpers.decode`). No storage.
 
 In-memory contract: float32 numpy array shaped ``(channels, samples)`` plus ``sample_rate_hz``.
 """
@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-SOUNDFILE_FORMATS = ("wav", "flac", "mp3", "ogg", "oga", "aiff", "aif", "w64", "rf64", "caf")
-AV_FORMATS = ("m4a", "mp4", "aac", "opus", "webm", "wma", "mka")  # decoded with PyAV (FFmpeg's libraries)
-SUPPORTED_FORMATS = SOUNDFILE_FORMATS + AV_FORMATS
-MAX_CHANNELS = 8
+from voxflow.tasks.helpers.decode import (  # noqa: F401  (decoding lives there; callers read it from here too)
+    SUPPORTED_FORMATS,
+    AudioDecodeError,
+    DecodedAudio,
+    decode_file,
+    open_audio,
+)
+
 LOUDNESS_BLOCK_S = 0.4  # BS.1770 gating block
 LOUDNESS_OVERLAP = 0.75  # of consecutive gating blocks
 K_SHELF_GAIN_DB, K_SHELF_Q, K_SHELF_HZ = 4.0, 1 / np.sqrt(2), 1500.0  # K-weighting stage 1: high shelf
@@ -25,147 +28,53 @@ RELATIVE_GATE_LU = -10.0
 BS1770_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L, R, C, Ls, Rs; channels past five weigh 1.0
 
 
-class AudioDecodeError(ValueError):
-    """An input file is not decodable audio; the message names the file and the reason."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"cannot decode {name!r}: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class DecodedAudio:
-    """Samples ``(channels, samples)`` float32 in [-1, 1] and how the file stored them."""
-
-    samples: np.ndarray
-    sample_rate_hz: int
-    format: str  # container, upper case: WAV, FLAC, MP3, OGG, M4A, ...
-    subtype: str  # sample encoding: PCM_16, PCM_24, FLOAT, MPEG_LAYER_III, aac, ...
-
-    @property
-    def channels(self) -> int:
-        return self.samples.shape[0]
-
-    @property
-    def frames(self) -> int:
-        return self.samples.shape[1]
-
-    @property
-    def duration_s(self) -> float:
-        return self.frames / self.sample_rate_hz
-
-
-def _wav_truncation(data: bytes) -> str | None:
-    """Why a RIFF/WAVE file is truncated, or None when its data chunk is complete.
-
-    libsndfile silently reads what is there when a WAV's data chunk is cut short, so the
-    declared chunk size is checked against the bytes actually present.
-    """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    offset = 12
-    while offset + 8 <= len(data):
-        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
-        body = offset + 8
-        if chunk_id == b"data":
-            present = len(data) - body
-            if size != 0xFFFFFFFF and size > present:
-                return f"file is truncated: the header declares {size} bytes of audio, only {present} are present"
-            return None
-        offset = body + size + (size & 1)
-    return "file is truncated: no audio data chunk"
-
-
-def _decode_soundfile(data: bytes) -> DecodedAudio:
-    import soundfile as sf
-
-    with sf.SoundFile(io.BytesIO(data)) as f:
-        samples = f.read(dtype="float32", always_2d=True)
-        return DecodedAudio(np.ascontiguousarray(samples.T), f.samplerate, f.format, f.subtype)
-
-
-def _decode_av(path: Path, name: str) -> DecodedAudio:
-    """The first audio stream of any container FFmpeg reads (M4A/AAC, Opus, WebM, ...), through PyAV."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            stream = next((s for s in container.streams if s.type == "audio"), None)
-            if stream is None:
-                raise AudioDecodeError(name, "not a recognised audio format (no audio stream found)")
-            planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)  # (channels, n)
-            blocks = [out.to_ndarray() for frame in container.decode(stream) for out in planar.resample(frame)]
-            blocks += [out.to_ndarray() for out in planar.resample(None)]
-            container_name = container.format.name.split(",")[0].upper()
-            rate, codec = stream.rate, stream.codec_context.name
-    except av.FFmpegError as e:
-        raise AudioDecodeError(name, f"not a recognised audio format ({e.strerror or type(e).__name__})") from e
-    samples = np.concatenate(blocks, axis=1) if blocks else np.zeros((1, 0), np.float32)
-    container_name = "M4A" if path.suffix.lower() in (".m4a", ".mp4") else container_name
-    return DecodedAudio(np.ascontiguousarray(samples, dtype=np.float32), rate, container_name, codec)
-
-
-def decode_file(path: str | Path, name: str | None = None) -> DecodedAudio:
-    """Decode any supported file (1 to 8 channels, any rate, int16/int24/int32/float).
-
-    soundfile (libsndfile) reads WAV, FLAC, MP3, OGG and friends; other containers (M4A/AAC, Opus,
-    WebM) go through PyAV (FFmpeg's libraries, no ffmpeg binary). Raises :class:`AudioDecodeError` naming the file and the reason.
-    """
-    import soundfile as sf
-
-    path = Path(path)
-    name = name or path.name
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AudioDecodeError(name, e.strerror or str(e)) from e
-    if not data:
-        raise AudioDecodeError(name, "file is empty")
-    truncation = _wav_truncation(data)
-    if truncation:
-        raise AudioDecodeError(name, truncation)
-    try:
-        audio = _decode_soundfile(data)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        if path.suffix.lower().lstrip(".") in SOUNDFILE_FORMATS and "not recognised" not in str(e):
-            raise AudioDecodeError(name, str(e).split(": ", 1)[-1]) from e
-        audio = _decode_av(path, name)
-    if audio.frames == 0:
-        raise AudioDecodeError(name, "file holds no audio samples")
-    if not 1 <= audio.channels <= MAX_CHANNELS:
-        raise AudioDecodeError(name, f"{audio.channels} channels; 1 to {MAX_CHANNELS} are supported")
-    if not np.isfinite(audio.samples).all():
-        raise AudioDecodeError(name, "samples contain NaN or infinity")
-    return audio
-
-
 WAVE_FORMAT_IEEE_FLOAT = 3
 RIFF_MAX_BYTES = (1 << 32) - 1
 
 
-def _float_wav(samples: np.ndarray, sample_rate_hz: int) -> bytes:
-    channels, frames = samples.shape
-    data = np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
+def _float_wav_header(channels: int, sample_rate_hz: int, frames: int) -> bytes:
+    data_bytes = frames * channels * 4
     fmt = struct.pack(
         "<HHIIHHH", WAVE_FORMAT_IEEE_FLOAT, channels, sample_rate_hz, sample_rate_hz * channels * 4, channels * 4, 32, 0
     )
-    body = b"".join(
-        [
-            b"WAVE",
-            b"fmt ",
-            struct.pack("<I", len(fmt)),
-            fmt,
-            b"fact",
-            struct.pack("<II", 4, frames),
-            b"data",
-            struct.pack("<I", len(data)),
-            data,
-        ]
+    chunks = b"".join(
+        [b"WAVE", b"fmt ", struct.pack("<I", len(fmt)), fmt, b"fact", struct.pack("<II", 4, frames), b"data"]
     )
-    if len(body) > RIFF_MAX_BYTES:
+    riff_bytes = len(chunks) + 4 + data_bytes
+    if riff_bytes > RIFF_MAX_BYTES:
         raise ValueError(f"{frames} frames x {channels} channels do not fit a WAV file (4 GiB)")
-    return b"RIFF" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", riff_bytes) + chunks + struct.pack("<I", data_bytes)
+
+
+def _float_wav(samples: np.ndarray, sample_rate_hz: int) -> bytes:
+    channels, frames = samples.shape
+    return _float_wav_header(channels, sample_rate_hz, frames) + np.ascontiguousarray(samples.T, dtype="<f4").tobytes()
+
+
+class FloatWavWriter:
+    """Writes a 32-bit float WAV block by block into an open binary file; :meth:`finish` completes the header.
+
+    The bytes are exactly :func:`encode_wav`'s for the same samples.
+    """
+
+    def __init__(self, f: BinaryIO, channels: int, sample_rate_hz: int) -> None:
+        self.f, self.channels, self.sample_rate_hz, self.frames = f, channels, sample_rate_hz, 0
+        f.write(_float_wav_header(channels, sample_rate_hz, 0))
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``(channels, n)`` samples."""
+        if block.shape[0] != self.channels:
+            raise ValueError(f"expected {self.channels} channels, got {block.shape[0]}")
+        _float_wav_header(self.channels, self.sample_rate_hz, self.frames + block.shape[1])  # still fits 4 GiB
+        self.f.write(np.ascontiguousarray(block.T, dtype="<f4").tobytes())
+        self.frames += block.shape[1]
+
+    def finish(self) -> None:
+        """Write the final sizes into the header."""
+        end = self.f.tell()
+        self.f.seek(0)
+        self.f.write(_float_wav_header(self.channels, self.sample_rate_hz, self.frames))
+        self.f.seek(end)
 
 
 def encode_wav(samples: np.ndarray, sample_rate_hz: int, subtype: str = "FLOAT") -> bytes:
@@ -200,6 +109,33 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int, quality: str = "VHQ"
         return samples
     out = soxr.resample(np.ascontiguousarray(samples.T), from_hz, to_hz, quality=quality)
     return np.ascontiguousarray(out.T, dtype=np.float32).reshape(samples.shape[0], -1)
+
+
+class StreamResampler:
+    """:func:`resample` block by block (soxr's stream resampler: the same samples as one call on the whole)."""
+
+    def __init__(self, from_hz: int, to_hz: int, channels: int, quality: str = "VHQ") -> None:
+        import soxr
+
+        self.stream = None if from_hz == to_hz else soxr.ResampleStream(from_hz, to_hz, channels, "float32", quality)
+        self.channels = channels
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        """The resampled ``(channels, n)`` block; ``last`` flushes what the filter still holds."""
+        if self.stream is None:
+            return block
+        out = self.stream.resample_chunk(np.ascontiguousarray(block.T, dtype=np.float32), last=last)
+        return np.ascontiguousarray(out.T, dtype=np.float32).reshape(self.channels, -1)
+
+    def flush(self) -> np.ndarray:
+        """What the filter still holds at the end of the audio; the stream is released after it."""
+        out = self(np.zeros((self.channels, 0), np.float32), last=True)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        """Release soxr's stream (also when the audio ends early with an error)."""
+        self.stream = None
 
 
 def downmix(samples: np.ndarray) -> np.ndarray:
@@ -245,40 +181,73 @@ def k_weighting(sample_rate_hz: int) -> tuple[tuple[np.ndarray, np.ndarray], ...
     return tuple((b / a[0], a / a[0]) for b, a in ((shelf_b, shelf_a), (pass_b, pass_a)))
 
 
-def integrated_loudness(samples: np.ndarray, sample_rate_hz: int) -> float | None:
-    """ITU-R BS.1770-4 integrated loudness in LUFS; None when shorter than one gating block or silent.
+class LoudnessMeter:
+    """ITU-R BS.1770-4 integrated loudness, fed block by block: memory grows by one number per channel and
+    100 ms, not with the samples.
 
-    K-weighting (:func:`k_weighting`), 400 ms blocks overlapping by 75 %, absolute (-70 LUFS) and relative
-    (-10 LU) gates. Block energies come from cumulative sums, and any channel count is measured: the
-    first five follow BS.1770's L, R, C, Ls, Rs weights, further channels weigh 1.0.
+    K-weighting (:func:`k_weighting`, filter state carried across blocks), 400 ms blocks overlapping by
+    75 %, absolute (-70 LUFS) and relative (-10 LU) gates. Block energies are differences of the running
+    energy sampled at every block edge, and any channel count is measured: the first five follow BS.1770's
+    L, R, C, Ls, Rs weights, further channels weigh 1.0.
     """
-    from scipy.signal import lfilter
 
-    block = int(LOUDNESS_BLOCK_S * sample_rate_hz)
-    frames = samples.shape[1]
-    if frames < block:
-        return None
-    weighted = samples.astype(np.float64)
-    for b, a in k_weighting(sample_rate_hz):
-        weighted = lfilter(b, a, weighted, axis=1)
-    step = 1.0 - LOUDNESS_OVERLAP
-    blocks = int(np.round((frames / sample_rate_hz - LOUDNESS_BLOCK_S) / (LOUDNESS_BLOCK_S * step))) + 1
-    j = np.arange(blocks)
-    starts = (LOUDNESS_BLOCK_S * (j * step) * sample_rate_hz).astype(int)
-    ends = np.minimum((LOUDNESS_BLOCK_S * (j * step + 1) * sample_rate_hz).astype(int), frames)
-    energy = np.concatenate([np.zeros((samples.shape[0], 1)), np.cumsum(weighted**2, axis=1)], axis=1)
-    z = (energy[:, ends] - energy[:, starts]) / (LOUDNESS_BLOCK_S * sample_rate_hz)  # mean square per block
-    weights = np.array([BS1770_WEIGHTS[c] if c < len(BS1770_WEIGHTS) else 1.0 for c in range(samples.shape[0])])
-    with np.errstate(divide="ignore"):
-        block_lufs = -0.691 + 10.0 * np.log10(weights @ z)
-        gated = block_lufs >= ABSOLUTE_GATE_LUFS
-        if not gated.any():
+    def __init__(self, sample_rate_hz: int, channels: int) -> None:
+        self.sample_rate_hz, self.channels, self.frames = sample_rate_hz, channels, 0
+        self.filters = k_weighting(sample_rate_hz)
+        self.states = [np.zeros((channels, 2)) for _ in self.filters]
+        self.energy = np.zeros(channels)  # running sum of squared K-weighted samples
+        self.edges = [self.energy]  # the running energy at every block edge passed so far
+
+    def _edge(self, k: int) -> int:
+        return int(LOUDNESS_BLOCK_S * (k * (1.0 - LOUDNESS_OVERLAP)) * self.sample_rate_hz)
+
+    def add(self, block: np.ndarray) -> None:
+        """Measure the next ``(channels, n)`` samples."""
+        from scipy.signal import lfilter
+
+        weighted = block.astype(np.float64)
+        for i, (b, a) in enumerate(self.filters):
+            weighted, self.states[i] = lfilter(b, a, weighted, axis=1, zi=self.states[i])
+        running = self.energy[:, None] + np.cumsum(weighted**2, axis=1)
+        n = block.shape[1]
+        while (edge := self._edge(len(self.edges))) <= self.frames + n:
+            self.edges.append(running[:, edge - self.frames - 1].copy() if edge > self.frames else self.energy)
+        if n:
+            self.energy = running[:, -1].copy()
+        self.frames += n
+
+    def integrated(self) -> float | None:
+        """The integrated loudness in LUFS; None when shorter than one gating block or silent."""
+        rate, frames = self.sample_rate_hz, self.frames
+        if frames < int(LOUDNESS_BLOCK_S * rate):
             return None
-        relative = -0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)) + RELATIVE_GATE_LU
-        gated = (block_lufs > relative) & (block_lufs > ABSOLUTE_GATE_LUFS)
-        if not gated.any():
-            return None
-        return float(-0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)))
+        step = 1.0 - LOUDNESS_OVERLAP
+        blocks = int(np.round((frames / rate - LOUDNESS_BLOCK_S) / (LOUDNESS_BLOCK_S * step))) + 1
+        per_block = int(round(1 / step))  # edges per block
+        edges = np.stack([*self.edges, self.energy], axis=1)  # the last column: the end of the audio
+        last = edges.shape[1] - 1
+        starts = np.minimum(np.arange(blocks), last)
+        ends = np.minimum(np.arange(blocks) + per_block, last)
+        z = (edges[:, ends] - edges[:, starts]) / (LOUDNESS_BLOCK_S * rate)  # mean square per block
+        weights = np.array([BS1770_WEIGHTS[c] if c < len(BS1770_WEIGHTS) else 1.0 for c in range(self.channels)])
+        with np.errstate(divide="ignore"):
+            block_lufs = -0.691 + 10.0 * np.log10(weights @ z)
+            gated = block_lufs >= ABSOLUTE_GATE_LUFS
+            if not gated.any():
+                return None
+            relative = -0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)) + RELATIVE_GATE_LU
+            gated = (block_lufs > relative) & (block_lufs > ABSOLUTE_GATE_LUFS)
+            if not gated.any():
+                return None
+            return float(-0.691 + 10.0 * np.log10(weights @ z[:, gated].mean(axis=1)))
+
+
+def integrated_loudness(samples: np.ndarray, sample_rate_hz: int) -> float | None:
+    """ITU-R BS.1770-4 integrated loudness in LUFS of ``(channels, samples)`` (see :class:`LoudnessMeter`);
+    None when shorter than one gating block or silent."""
+    meter = LoudnessMeter(sample_rate_hz, samples.shape[0])
+    meter.add(samples)
+    return meter.integrated()
 
 
 def peak(samples: np.ndarray) -> float:

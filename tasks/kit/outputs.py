@@ -7,7 +7,9 @@ options always writes the same keys.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from voxflow.storage.catalog import Catalog
 from voxflow.storage.keys import artifact_key
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
-from voxflow.storage.store import shared_store
+from voxflow.storage.store import ObjectInfo, shared_store
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.runs import StageRun, current_run
 
@@ -54,6 +56,10 @@ def read_bytes(ref: ArtifactRef, settings: StoreSettings) -> bytes:
     return store.get_bytes(key, ref.sha256)
 
 
+def _output_key(run: StageRun, name: str) -> str:
+    return artifact_key(run.input_sha256 or "", run.stage, run.params_hash, name)
+
+
 def write_artifact(
     settings: StoreSettings,
     name: str,
@@ -66,11 +72,50 @@ def write_artifact(
 ) -> ArtifactRef:
     """Store one output of the current stage run and append its ``artifacts`` row."""
     run = run or current_run()
-    store = shared_store(settings)
-    key = artifact_key(run.input_sha256 or "", run.stage, run.params_hash, name)
-    info = store.put_bytes(key, data)
+    key = _output_key(run, name)
+    info = shared_store(settings).put_bytes(key, data)
+    return _record(settings, run, name, key, info, sample_rate_hz, channels, frames)
+
+
+@contextlib.contextmanager
+def staged_output(settings: StoreSettings, name: str, *, run: StageRun | None = None) -> Iterator[BinaryIO]:
+    """A local temporary file to write a large output into piece by piece; store it with :func:`write_staged`
+    inside the block (it is removed on leaving, and by the next run if this process is killed)."""
+    run = run or current_run()
+    with shared_store(settings).staged(_output_key(run, name)) as f:
+        yield f
+
+
+def write_staged(
+    settings: StoreSettings,
+    name: str,
+    staged: BinaryIO,
+    *,
+    run: StageRun | None = None,
+    sample_rate_hz: int | None = None,
+    channels: int | None = None,
+    frames: int | None = None,
+) -> ArtifactRef:
+    """Store a file written into :func:`staged_output` (streamed, never read whole) and append its row."""
+    run = run or current_run()
+    key = _output_key(run, name)
+    staged.flush()
+    info = shared_store(settings).put_file(key, staged.name)
+    return _record(settings, run, name, key, info, sample_rate_hz, channels, frames)
+
+
+def _record(
+    settings: StoreSettings,
+    run: StageRun,
+    name: str,
+    key: str,
+    info: ObjectInfo,
+    sample_rate_hz: int | None,
+    channels: int | None,
+    frames: int | None,
+) -> ArtifactRef:
     ref = ArtifactRef(info.uri, info.sha256, info.size_bytes, sample_rate_hz, channels, frames)
-    Catalog(store).append(
+    Catalog(shared_store(settings)).append(
         "artifacts",
         [
             {

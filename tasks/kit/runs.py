@@ -63,6 +63,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch") for cls in type(error).__mro__)
 
 
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error``, or one it was raised from, is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether an error (or one it was raised from) can heal on a retry."""
     seen: set[int] = set()
