@@ -210,38 +210,35 @@ class LocalStore(ArtifactStore):
 
     def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
         """A file from :meth:`staged` is linked into place (no copy); any other file is copied."""
-        path, target = Path(path), self._path(key)
+        path = Path(path)
         if path.parent != self.staging:
             return super().put_file(key, path, sha256)
         info = ObjectInfo(self.uri(key), key, sha256 or sha256_file(path), path.stat().st_size)
-        try:
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)  # atomic and never overwrites: the first writer wins
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
-        return info
+        return self._link(path, info)
 
     def _put_stream(self, key: str, stream: BinaryIO, size: int, sha256: str) -> ObjectInfo:
-        target = self._path(key)
         info = ObjectInfo(self.uri(key), key, sha256, size)
-        if target.is_file():
+        if self._path(key).is_file():
             return info
-        tmp = self.staging / f"{TMP_PREFIX}{uuid.uuid4().hex}-{target.name}{PARTIAL_SUFFIX}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.staging.mkdir(parents=True, exist_ok=True)
-            with _held_partial(tmp) as f:
+            with self.staged(key) as f:
                 shutil.copyfileobj(stream, f, CHUNK_BYTES)
                 f.flush()
+                return self._link(Path(f.name), info)
+        except OSError as e:
+            raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
+
+    def _link(self, staged: Path, info: ObjectInfo) -> ObjectInfo:
+        """Put a complete staged file in the object's place: synced, then linked, which is atomic and never
+        overwrites (the first writer wins)."""
+        target = self._path(info.key)
+        try:
+            with open(staged, "rb") as f:
                 os.fsync(f.fileno())
-                try:
-                    os.link(tmp, target)  # atomic and never overwrites: the first writer wins
-                except FileExistsError:
-                    pass
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(staged, target)
+        except FileExistsError:
+            pass
         except OSError as e:
             raise StorageError(info.uri, f"cannot write: {e.strerror or e}") from e
         return info

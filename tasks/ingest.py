@@ -26,7 +26,7 @@ from voxflow.storage.sources import FetchedSource, fetch_source
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.kit.options import Options
-from voxflow.tasks.kit.outputs import staged_output, write_staged
+from voxflow.tasks.kit.outputs import staged_output, write_artifact
 from voxflow.tasks.kit.runs import StageRun, current_run
 from voxflow.tasks.kit.stage import StageSpec, stage_task
 
@@ -219,7 +219,7 @@ def _compute(settings: StoreSettings, source: FetchedSource, options: IngestOpti
             source.check_unchanged(run.input_sha256)
             raise
         source.check_unchanged(run.input_sha256)
-        ref = write_staged(
+        ref = write_artifact(
             settings,
             AUDIO_NAME,
             staged,

@@ -63,45 +63,32 @@ def _output_key(run: StageRun, name: str) -> str:
 def write_artifact(
     settings: StoreSettings,
     name: str,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     run: StageRun | None = None,
     sample_rate_hz: int | None = None,
     channels: int | None = None,
     frames: int | None = None,
 ) -> ArtifactRef:
-    """Store one output of the current stage run and append its ``artifacts`` row."""
+    """Store one output of the current stage run and append its ``artifacts`` row: bytes, or a file written
+    into :func:`staged_output` (streamed, never read whole)."""
     run = run or current_run()
-    key = _output_key(run, name)
-    info = shared_store(settings).put_bytes(key, data)
+    key, store = _output_key(run, name), shared_store(settings)
+    if isinstance(data, bytes):
+        info = store.put_bytes(key, data)
+    else:
+        data.flush()
+        info = store.put_file(key, data.name)
     return _record(settings, run, name, key, info, sample_rate_hz, channels, frames)
 
 
 @contextlib.contextmanager
 def staged_output(settings: StoreSettings, name: str, *, run: StageRun | None = None) -> Iterator[BinaryIO]:
-    """A local temporary file to write a large output into piece by piece; store it with :func:`write_staged`
+    """A local temporary file to write a large output into piece by piece; store it with :func:`write_artifact`
     inside the block (it is removed on leaving, and by the next run if this process is killed)."""
     run = run or current_run()
     with shared_store(settings).staged(_output_key(run, name)) as f:
         yield f
-
-
-def write_staged(
-    settings: StoreSettings,
-    name: str,
-    staged: BinaryIO,
-    *,
-    run: StageRun | None = None,
-    sample_rate_hz: int | None = None,
-    channels: int | None = None,
-    frames: int | None = None,
-) -> ArtifactRef:
-    """Store a file written into :func:`staged_output` (streamed, never read whole) and append its row."""
-    run = run or current_run()
-    key = _output_key(run, name)
-    staged.flush()
-    info = shared_store(settings).put_file(key, staged.name)
-    return _record(settings, run, name, key, info, sample_rate_hz, channels, frames)
 
 
 def _record(
