@@ -1,0 +1,592 @@
+"""Peak memory (RSS) of each stage at 1 minute and at 2 hours of audio: what a stage holds around its compute.
+
+    python bench/bench_memory.py [--seconds 60 600 1800 7200] [--stages ingest ingest-cli denoise ...]
+                                 [--max-run-s 600] [--max-memory-fraction 0.5] [--cache DIR]
+                                 [--table /tmp/memory_table.md] [--reuse]
+    python bench/bench_memory.py --one STAGE --seconds N      # one measurement in this process: a JSON line
+
+``--seconds``: the audio lengths measured, in seconds (ascending; the table's columns are the shortest
+and the longest). Before each length the time and peak of the run are predicted linearly from the two
+longest lengths already measured (from the one, proportionally, after the first); a length whose
+prediction exceeds ``--max-run-s`` seconds or ``--max-memory-fraction`` of the memory available now is
+not run but EXTRAPOLATED (the table marks it ``~``) from those two lengths (a + b * seconds), so the
+machine never swaps nor runs for hours. A stage whose memory is not linear in the length (``QUADRATIC``:
+diarize, whose clustering holds a distance matrix of all its embeddings) is measured whatever its time,
+and its predictions use the parabola through the three longest lengths. ``--stages`` picks some of: ingest, ingest-cli, denoise,
+separate, diarize, transcribe, lipsync. ``--cache``: where the inputs and the models are built once
+(default ``~/.cache/voxflow-bench/memory``), which also keeps every measured run in ``results.json``:
+``--reuse`` takes the runs found there instead of measuring them again (to finish an interrupted
+run, or to redo one stage); ``--table``: the Markdown file the tables are written to.
+
+Inputs, built from the corpus recordings by repeating them (written block by block with soundfile,
+float32 WAV, the format of ingest's artifacts): ``speech`` = ``diar_2spk_pyannote/sample.wav`` (30 s,
+16 kHz mono: what ingest writes for the speech stages) and ``music`` = ``asr_en_jfk/jfk.flac`` (11 s,
+44.1 kHz stereo: what ingest with ``NATIVE`` options writes for separate, and the source ingest decodes).
+Models: the tiny random-weight models of :mod:`voxflow.tasks.testing.random_models` (their output is
+noise; what a stage holds around its compute, whole-file arrays and outputs, is the same as with real
+weights; the model itself, a few MB here, is in the baseline).
+
+Every measurement is a fresh subprocess (``--one``) on one torch/BLAS thread that imports the stage,
+loads its model and then runs, as the stage task does, three phases:
+
+* ``read``: the task's ``read_audio`` on a local store (the WAV's bytes read whole, then
+  ``audio.decode_wav_bytes``);
+* ``compute``: the stage's pure function (``denoise``, ``separate``, ``diarize(waveform_input(..))``,
+  ``whisper_audio`` + ``recognize`` + ``split_segments``, ``lipsync_windows(prepare(..))``,
+  ``ingest_audio`` into a staged file);
+* ``write``: the task's outputs encoded and put into a temporary ``LocalStore`` (``encode_wav``, the
+  RTTMs, the transcript's JSON/SRT/VTT/TXT/TSV, ``features.npy`` and ``windows.parquet``; separate's
+  ``rms_dbfs`` of both stems too). Catalog rows are not written.
+
+The peak of each phase is the kernel's high-water mark (``ru_maxrss``, VmHWM), reset before the phase
+(``/proc/self/clear_refs`` 5), so it is that phase's own peak; the stage's peak is the largest of them,
+which is what ``ru_maxrss`` at the end of an unreset run reports. The baseline is the RSS after the
+imports and the model load. ``ingest-cli`` runs the whole ``voxflow ingest FILE`` command in the worker
+(``voxflow.flows.cli.main``, a fresh Prefect home and store, Prefect's ephemeral server): its peak is
+the CLI process's (the ingest task runs in a thread of it); the ephemeral server, a child process, is
+sampled every 0.2 s and reported beside it. Times are wall seconds of the phases (on a shared machine:
+a rough guide). Run it under ``nice``.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one core per run, before numpy or torch start their thread pools
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random-weight models only: nothing is downloaded
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import CORPUS, MB, print_table  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "voxflow-bench" / "memory"
+INPUTS = {  # kind -> corpus recording repeated to the length measured
+    "speech": "diar_2spk_pyannote/sample.wav",  # 30 s, 16 kHz mono
+    "music": "asr_en_jfk/jfk.flac",  # 11 s, 44.1 kHz stereo
+}
+LIBRARIES = ("denoiser", "demucs", "pyannote", "whisper")
+STAGES = ("ingest", "ingest-cli", "denoise", "separate", "diarize", "transcribe", "lipsync")
+# Stages whose memory is NOT linear in the length: a linear extrapolation would be wrong, so the time
+# limit does not apply to them (the memory limit does, predicted by a quadratic through three lengths).
+QUADRATIC = {"diarize": "pyannote's AHC (scipy linkage) holds the condensed distance matrix of its training embeddings"}
+STAGE_INPUT = {"ingest": "music", "ingest-cli": "music", "separate": "music"}  # the others read speech
+HOLDS = {  # what each stage holds, from reading its code (the growth column says how much)
+    "ingest": "a few decode/resample blocks; the output is streamed into a staged file",
+    "ingest-cli": "the ingest task's blocks plus Prefect's flow/task state; the server is another process",
+    "denoise": "the input, its 16 kHz copy, the estimate, the resampled and mixed outputs (float32), "
+    "then the WAV bytes of the output (twice while encoding)",
+    "separate": "the input, its model-rate copy and normalised copy, both stems at the model's rate and at "
+    "the input's (float32); the WAV bytes and a float64 square of each stem when written",
+    "diarize": "the input and its 16 kHz tensor; pyannote's per-window segmentation, embeddings and "
+    "frame-level speaker activations of the whole track",
+    "transcribe": "the input and its 16 kHz copy, Silero's frame probabilities (also as a Python list), "
+    "every window's segments and words",
+    "lipsync": "the input, the whole (80, frames) mel and the (frames at 25 fps, 80, 16) windows: "
+    "5 times the mel; features.npy bytes when written",
+}
+
+
+# ---- inputs and models ----------------------------------------------------------------------------
+
+
+def build_input(kind: str, seconds: float, cache: Path) -> Path:
+    """``seconds`` of the ``kind`` recording repeated, float32 WAV in the cache (built once, block by block)."""
+    import soundfile as sf
+
+    path = cache / "inputs" / f"{kind}-{seconds:g}s.wav"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples, rate = sf.read(CORPUS / INPUTS[kind], dtype="float32", always_2d=True)
+    frames, written = round(seconds * rate), 0
+    partial = path.with_name(path.name + ".part")
+    with sf.SoundFile(partial, "w", rate, samples.shape[1], subtype="FLOAT", format="WAV") as f:
+        while written < frames:
+            block = samples[: frames - written]
+            f.write(block)
+            written += len(block)
+    partial.replace(path)
+    return path
+
+
+def build_models(cache: Path) -> Path:
+    """The tiny random-weight models of every library measured, in ``<cache>/models`` (built once)."""
+    folder = cache / "models"
+    for library in LIBRARIES:
+        done = folder / f".built-{library}"
+        if not done.exists():  # imported only when building: the builders import every model library
+            from voxflow.tasks.testing.random_models import build
+
+            build(library, folder, "tiny")
+            done.touch()
+    return folder
+
+
+# ---- the worker: one stage on one input, in this process ------------------------------------------
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    return _status_kb("VmRSS") / 1024
+
+
+def reset_peak() -> None:
+    """Set the high-water mark (``ru_maxrss``, VmHWM) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+class Meter:
+    """Phases of one run: each one's wall seconds, its own peak RSS and the RSS after it.
+
+    The ``load`` phase runs from :meth:`start` to :meth:`loaded` (imports and model load); the RSS
+    after it is the baseline.
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict] = {}
+        self.baseline_mb: float | None = None
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        reset_peak()
+        self.started = time.perf_counter()
+
+    def loaded(self) -> None:
+        """Imports and models are loaded: the end of ``load``, the baseline."""
+        seconds = time.perf_counter() - self.started
+        gc.collect()
+        self.baseline_mb = rss_mb()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.phases["load"] = {"seconds": seconds, "peak_mb": peak, "after_mb": self.baseline_mb}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        gc.collect()
+        reset_peak()
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.phases[name] = {"seconds": seconds, "peak_mb": peak, "after_mb": rss_mb()}
+
+    def result(self, **extra) -> dict:
+        peak = max(p["peak_mb"] for p in self.phases.values())
+        work = sum(p["seconds"] for name, p in self.phases.items() if name != "load")
+        return {"baseline_mb": self.baseline_mb, "peak_mb": peak, "seconds": work, "phases": self.phases, **extra}
+
+
+def read_input(path: Path):
+    """What ``read_audio`` does on a local store: the bytes read whole, then decoded."""
+    from voxflow.tasks.helpers import audio
+
+    return audio.decode_wav_bytes(path.read_bytes())
+
+
+def _store(scratch: Path):
+    from voxflow.storage.store import LocalStore
+
+    return LocalStore(scratch / "store")
+
+
+def _put_audio(store, name: str, samples, rate: int) -> None:
+    """``write_audio``: float WAV bytes of the samples, put into the store."""
+    import numpy as np
+
+    from voxflow.tasks.helpers import audio
+
+    store.put_bytes(f"out/{name}", audio.encode_wav(np.asarray(samples, dtype=np.float32), rate))
+
+
+def run_ingest(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    from voxflow.tasks.ingest import IngestOptions, ingest_audio
+
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("compute"), store.staged("out/audio.wav") as staged:
+        stats, working = ingest_audio(path, path.name, IngestOptions(), staged)
+        staged.flush()
+        store.put_file("out/audio.wav", staged.name)
+    return {"frames_out": working.frames, "lufs": stats.integrated_lufs}
+
+
+def run_ingest_cli(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    """The whole ``voxflow ingest FILE`` command in this process; its Prefect server child sampled."""
+    import psutil
+
+    from voxflow.flows import cli
+    from voxflow.flows import ingest as _ingest_flow  # noqa: F401  (imported before the baseline)
+
+    me, server_peak, stop = psutil.Process(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    server_peak[0] = max(server_peak[0], child.memory_info().rss / MB)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    meter.loaded()
+    sampler.start()
+    with meter.phase("compute"), contextlib.redirect_stdout(sys.stderr):
+        code = cli.main(["ingest", str(path), "--jobs", "1"])
+    stop.set()
+    sampler.join()
+    if code != 0:
+        raise RuntimeError(f"voxflow ingest exited {code}")
+    return {"server_peak_mb": server_peak[0]}
+
+
+def run_denoise(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    from voxflow.tasks.denoise import DenoiseOptions, denoise, load_denoise_model
+
+    model = load_denoise_model("dns48", "cpu", models)
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("read"):
+        samples, rate = read_input(path)
+    with meter.phase("compute"):
+        clean = denoise(samples, rate, model, DenoiseOptions())
+    with meter.phase("write"):
+        _put_audio(store, "denoised.wav", clean, rate)
+    return {}
+
+
+def run_separate(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    from voxflow.tasks.separate import SeparateOptions, load_separate_model, rms_dbfs, separate
+
+    model = load_separate_model("htdemucs", "cpu", models)
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("read"):
+        samples, rate = read_input(path)
+    with meter.phase("compute"):
+        found = separate(samples, rate, model, SeparateOptions())
+    with meter.phase("write"):  # separate_audio's order: both WAVs, then both levels
+        _put_audio(store, "vocals.wav", found.vocals, rate)
+        _put_audio(store, "accompaniment.wav", found.accompaniment, rate)
+        rms_dbfs(found.vocals), rms_dbfs(found.accompaniment)
+    return {}
+
+
+def run_diarize(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    from voxflow.tasks.diarize import DEFAULT_MODEL, DiarizeOptions, diarize, load_diarize_model, waveform_input
+    from voxflow.tasks.helpers.speakers import to_rttm
+
+    pipeline = load_diarize_model(DEFAULT_MODEL, "cpu", models)
+    counts: dict[str, int] = {}
+    filter_embeddings = pipeline.clustering.filter_embeddings
+
+    def counting(embeddings, *args, **kwargs):  # how many embeddings the clustering sees (AHC: n^2 memory)
+        kept = filter_embeddings(embeddings, *args, **kwargs)
+        counts.update(embeddings=embeddings.shape[0] * embeddings.shape[1], train_embeddings=kept[0].shape[0])
+        return kept
+
+    pipeline.clustering.filter_embeddings = counting
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("read"):
+        samples, rate = read_input(path)
+    with meter.phase("compute"):
+        found = diarize(waveform_input(samples, rate), pipeline, DiarizeOptions())
+    with meter.phase("write"):
+        store.put_bytes("out/diarization.rttm", to_rttm(found.turns, "bench").encode())
+        store.put_bytes("out/exclusive.rttm", to_rttm(found.exclusive, "bench").encode())
+    return {"turns": len(found.turns), "speakers": len(found.speakers), **counts}
+
+
+def run_transcribe(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    import numpy as np
+    import torch
+    from whisper.timing import dtw_cpu
+
+    from voxflow.tasks import transcribe as t
+    from voxflow.tasks.helpers import subtitles
+
+    model = t.load_transcribe_model("turbo", "cpu", models, "whisper")
+    vad = t.load_vad_model()
+    dtw_cpu(np.ones((2, 2)))  # numba's first compile (word timing) here, not in the compute phase, ...
+    torch.set_num_threads(1)  # ... and it resets torch's thread count (as tests/test_transcribe.py does)
+    options = t.TranscribeOptions(model="turbo", backend="whisper", beam_size=1, temperatures=(0.0,))
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("read"):
+        samples, rate = read_input(path)
+    with meter.phase("compute"):  # transcribe_audio without a diarization, its batch as the options say
+        speech = t.whisper_audio(samples, rate)
+        heard = t.recognize((model, None), vad, speech, options, batch_size=options.batch_size)
+        transcript = t.split_segments(t.assign_speakers(heard.transcript, []))
+        t.channel_suggestion(samples, options)
+    with meter.phase("write"):
+        store.put_bytes(f"out/{t.JSON_NAME}", subtitles.to_json(transcript))
+        for name, write in t.TEXT_FORMATS.items():
+            store.put_bytes(f"out/{name}", write(transcript).encode())
+    return {"segments": len(transcript.segments), "words": len(transcript.words)}
+
+
+def run_lipsync(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
+    from voxflow.tasks.lipsync import LipsyncOptions, index_parquet, lipsync_windows, npy_bytes, prepare
+
+    options = LipsyncOptions()
+    store = _store(scratch)
+    meter.loaded()
+    with meter.phase("read"):
+        samples, rate = read_input(path)
+    with meter.phase("compute"):
+        windows = lipsync_windows(prepare(samples, rate, options), options)
+    with meter.phase("write"):
+        store.put_bytes("out/features.npy", npy_bytes(windows.features))
+        store.put_bytes("out/windows.parquet", index_parquet(windows))
+    return {"video_frames": windows.count}
+
+
+RUNS: dict[str, Callable[[Path, Path, Path, Meter], dict]] = {
+    "ingest": run_ingest,
+    "ingest-cli": run_ingest_cli,
+    "denoise": run_denoise,
+    "separate": run_separate,
+    "diarize": run_diarize,
+    "transcribe": run_transcribe,
+    "lipsync": run_lipsync,
+}
+
+
+def worker(stage: str, seconds: float, cache: Path) -> None:
+    """One measurement in this process; prints its JSON as the last line."""
+    path = build_input(STAGE_INPUT.get(stage, "speech"), seconds, cache)
+    models = cache / "models"
+    if not all((models / f".built-{library}").exists() for library in LIBRARIES):  # built apart: its imports
+        subprocess.run([sys.executable, __file__, "--build-models", "--cache", str(cache)], check=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-memory-{stage}-", dir=cache))
+    os.environ["VOXFLOW_HOME"] = str(scratch / "home")  # staging files, stage locks
+    os.environ["VOXFLOW_STORAGE"] = str(scratch / "cli-store")  # voxflow ingest's store
+    os.environ["VOXFLOW_MODEL_DIR"] = str(models)
+    os.environ["VOXFLOW_DEVICE"] = "cpu"
+    os.environ["PREFECT_HOME"] = str(scratch / "prefect")  # a fresh ephemeral server database
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy 2-core machine
+    os.environ.pop("PREFECT_API_URL", None)
+    try:
+        meter = Meter()
+        meter.start()
+        extra = RUNS[stage](path, models, scratch, meter)  # imports and loads, calls meter.loaded(), then its phases
+        print(json.dumps(meter.result(stage=stage, audio_s=seconds, input_mb=path.stat().st_size / MB, **extra)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---- the parent: every stage and length, predictions, the table ------------------------------------
+
+
+def available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) / 1024
+
+
+def quadratic(points: list[tuple[float, float]], x: float) -> float:
+    """The parabola through the three longest points at ``x`` (the line when there are fewer)."""
+    if len(points) < 3:
+        return linear(points, x)
+    import numpy as np
+
+    xs, ys = zip(*sorted(points)[-3:])
+    return float(np.polyval(np.polyfit(xs, ys, 2), x))
+
+
+def linear(points: list[tuple[float, float]], x: float) -> float:
+    """The line through the two longest points (through the origin's proportion for a single one) at ``x``."""
+    if len(points) == 1:
+        ((x0, y0),) = points
+        return y0 * x / x0
+    (x0, y0), (x1, y1) = sorted(points)[-2:]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def measure(stage: str, seconds: float, cache: Path) -> dict:
+    command = [sys.executable, __file__, "--one", stage, "--seconds", f"{seconds:g}", "--cache", str(cache)]
+    started = time.perf_counter()
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        return {"error": f"exit {done.returncode}: {tail}"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def mb(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[60, 600, 1800, 7200])
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--max-run-s", type=float, default=600, help="longest predicted run that is measured")
+    parser.add_argument("--max-memory-fraction", type=float, default=0.5, help="of MemAvailable, for one run")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--table", type=Path, default=Path("/tmp/memory_table.md"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="take the runs measured before from <cache>/results.json (not rerun)"
+    )
+    parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--build-models", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    lengths = sorted(set(args.seconds))
+    if args.build_models:
+        build_models(args.cache)
+        return None
+    if args.one:
+        return worker(args.one, lengths[0], args.cache)
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    build_models(args.cache)
+    saved_path = args.cache / "results.json"  # every measured run, kept across invocations (--reuse)
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    results: dict[str, dict[float, dict]] = {}
+    for stage in args.stages:
+        results[stage] = {}
+        for seconds in lengths:
+            build_input(STAGE_INPUT.get(stage, "speech"), seconds, args.cache)
+            measured = [(s, r) for s, r in results[stage].items() if "error" not in r and not r.get("extrapolated")]
+            if measured:
+                fit = quadratic if stage in QUADRATIC else linear
+                time_s = fit([(s, r["seconds"]) for s, r in measured], seconds)
+                peak = fit([(s, r["peak_mb"] - r["baseline_mb"]) for s, r in measured], seconds)
+                peak += measured[-1][1]["baseline_mb"]
+                budget = args.max_memory_fraction * available_mb()
+                too_long = time_s > args.max_run_s and stage not in QUADRATIC
+                if (too_long or peak > budget) and len(measured) >= 2:
+                    why = f"predicted {time_s:.0f} s, {peak:,.0f} MB (limits {args.max_run_s:.0f} s, {budget:,.0f} MB)"
+                    results[stage][seconds] = extrapolate(measured, seconds, why, fit)
+                    print(f"{stage:>10} {seconds:>6g} s  EXTRAPOLATED: {why}", flush=True)
+                    continue
+            key = f"{stage}@{seconds:g}"
+            if args.reuse and key in saved:
+                results[stage][seconds] = saved[key]
+                print(f"{stage:>10} {seconds:>6g} s  (reused) {summary_line(saved[key])}", flush=True)
+                continue
+            result = measure(stage, seconds, args.cache)
+            results[stage][seconds] = result
+            print(f"{stage:>10} {seconds:>6g} s  {summary_line(result)}", flush=True)
+            if "error" not in result:
+                saved[key] = result
+                saved_path.write_text(json.dumps(saved, indent=1))
+    write_tables(results, lengths, args)
+
+
+def extrapolate(measured: list[tuple[float, dict]], seconds: float, why: str, fit=None) -> dict:
+    """Peak, baseline and seconds at ``seconds`` from the measured lengths (``fit``: :func:`linear` by default)."""
+    fit = fit or linear
+    points = sorted(measured)[-(3 if fit is quadratic else 2) :]
+    out = {"extrapolated": True, "why": why, "from": [s for s, _ in points]}
+    for key in ("peak_mb", "baseline_mb", "seconds"):
+        out[key] = fit([(s, r[key]) for s, r in points], seconds)
+    return out
+
+
+def summary_line(result: dict) -> str:
+    if "error" in result:
+        return f"FAILED {result['error']}"
+    phases = "  ".join(f"{name} {p['peak_mb']:,.0f} MB/{p['seconds']:.1f} s" for name, p in result["phases"].items())
+    extra = {k: v for k, v in result.items() if k not in ("phases", "stage", "audio_s")}
+    return (
+        f"peak {result['peak_mb']:,.0f} MB, baseline {result['baseline_mb']:,.0f} MB | {phases} | {json.dumps(extra)}"
+    )
+
+
+def write_tables(results: dict[str, dict[float, dict]], lengths: list[float], args: argparse.Namespace) -> None:
+    short, long = lengths[0], lengths[-1]
+
+    def cell(r: dict) -> str:
+        if "error" in r:
+            return "failed"
+        mark = "~" if r.get("extrapolated") else ""
+        return f"{mark}{mb(r['peak_mb'])} (+{mb(r['peak_mb'] - r['baseline_mb'])})"
+
+    def label(seconds: float) -> str:
+        return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+
+    header = ["stage", f"{label(short)} peak RSS MB (+ over baseline)", f"{label(long)} peak RSS MB (+ over baseline)"]
+    header += ["growth", "what it holds"]
+    rows = []
+    for stage, by_length in results.items():
+        a, b = by_length[short], by_length[long]
+        if "error" in a or "error" in b:
+            growth = "-"
+        else:
+            per_hour = (b["peak_mb"] - a["peak_mb"]) / ((long - short) / 3600)
+            growth = f"+{mb(b['peak_mb'] - a['peak_mb'])} MB ({mb(per_hour)} MB/h)"
+        rows.append([stage, cell(a), cell(b), growth, HOLDS[stage]])
+    notes = [
+        "~: extrapolated linearly from the two longest measured lengths (see the detail table); others measured",
+        "peak: the stage's largest per-phase high-water mark (ru_maxrss); baseline: RSS after imports and model load",
+        "tiny random-weight models, CPU, one thread; inputs: corpus speech (16 kHz mono) / jfk (44.1 kHz stereo)",
+    ]
+    detail_header = ["stage", "audio", "how", "baseline", "load peak", "read peak", "compute peak", "write peak"]
+    detail_header += ["peak", "read s", "compute s", "write s", "notes"]
+    detail = []
+    for stage, by_length in results.items():
+        for seconds, r in by_length.items():
+            if "error" in r:
+                detail.append([stage, label(seconds), "failed", *["-"] * 9, r["error"].splitlines()[-1][:120]])
+                continue
+            if r.get("extrapolated"):
+                cells = ["-"] * 4 + [f"~{mb(r['peak_mb'])}", "-", f"~{r['seconds']:.0f} (all)", "-"]
+                how = f"extrapolated from {', '.join(label(s) for s in r['from'])}"
+                detail.append([stage, label(seconds), how, f"~{mb(r['baseline_mb'])}", *cells, r["why"]])
+                continue
+            p = r["phases"]
+            others = {k: v for k, v in r.items() if k not in ("phases", "stage", "audio_s", "peak_mb", "baseline_mb")}
+            others = {k: round(v, 1) if isinstance(v, float) else v for k, v in others.items()}
+            detail.append(
+                [
+                    stage,
+                    label(seconds),
+                    "measured",
+                    mb(r["baseline_mb"]),
+                    *(mb(p[name]["peak_mb"]) if name in p else "-" for name in ("load", "read", "compute", "write")),
+                    mb(r["peak_mb"]),
+                    *(f"{p[name]['seconds']:.1f}" if name in p else "-" for name in ("read", "compute", "write")),
+                    json.dumps(others),
+                ]
+            )
+    print_table(header, rows, notes)
+    print_table(detail_header, detail)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", *(f"- {note}" for note in notes), ""]
+    lines += ["| " + " | ".join(detail_header) + " |", "|" + "---|" * len(detail_header)]
+    lines += ["| " + " | ".join(row) + " |" for row in detail]
+    args.table.write_text("\n".join(lines) + "\n")
+    print(f"\nwritten: {args.table}")
+
+
+if __name__ == "__main__":
+    main()
