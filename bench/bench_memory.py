@@ -170,8 +170,10 @@ class Meter:
 
     def __init__(self) -> None:
         self.phases: dict[str, dict] = {}
+        self.parts: dict[str, dict] = {}  # parts of a phase measured on their own (see :meth:`part`)
         self.baseline_mb: float | None = None
         self.started = time.perf_counter()
+        self._carried = 0.0  # the phase's peak before a part reset the high-water mark
 
     def start(self) -> None:
         reset_peak()
@@ -189,16 +191,33 @@ class Meter:
     def phase(self, name: str) -> Iterator[None]:
         gc.collect()
         reset_peak()
+        self._carried = 0.0
         started = time.perf_counter()
         yield
         seconds = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = max(self._carried, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         self.phases[name] = {"seconds": seconds, "peak_mb": peak, "after_mb": rss_mb()}
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """A part of the current phase with its own peak (the phase's peak still counts it); repeated parts
+        keep their largest peak and add their seconds."""
+        self._carried = max(self._carried, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        before = rss_mb()
+        reset_peak()
+        started = time.perf_counter()
+        yield
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self._carried = max(self._carried, peak)
+        seen = self.parts.setdefault(name, {"seconds": 0.0, "peak_mb": 0.0, "before_mb": before})
+        seen["seconds"] += time.perf_counter() - started
+        seen["peak_mb"] = max(seen["peak_mb"], peak)
 
     def result(self, **extra) -> dict:
         peak = max(p["peak_mb"] for p in self.phases.values())
         work = sum(p["seconds"] for name, p in self.phases.items() if name != "load")
-        return {"baseline_mb": self.baseline_mb, "peak_mb": peak, "seconds": work, "phases": self.phases, **extra}
+        out = {"baseline_mb": self.baseline_mb, "peak_mb": peak, "seconds": work, "phases": self.phases, **extra}
+        return out | ({"parts": self.parts} if self.parts else {})
 
 
 def read_input(path: Path):
@@ -299,15 +318,7 @@ def run_diarize(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
     from voxflow.tasks.helpers.speakers import to_rttm
 
     pipeline = load_diarize_model(DEFAULT_MODEL, "cpu", models)
-    counts: dict[str, int] = {}
-    filter_embeddings = pipeline.clustering.filter_embeddings
-
-    def counting(embeddings, *args, **kwargs):  # how many embeddings the clustering sees (AHC: n^2 memory)
-        kept = filter_embeddings(embeddings, *args, **kwargs)
-        counts.update(embeddings=embeddings.shape[0] * embeddings.shape[1], train_embeddings=kept[0].shape[0])
-        return kept
-
-    pipeline.clustering.filter_embeddings = counting
+    counts = _count_clustering(pipeline, meter)
     store = _store(scratch)
     meter.loaded()
     with meter.phase("read"):
@@ -318,6 +329,33 @@ def run_diarize(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
         store.put_bytes("out/diarization.rttm", to_rttm(found.turns, "bench").encode())
         store.put_bytes("out/exclusive.rttm", to_rttm(found.exclusive, "bench").encode())
     return {"turns": len(found.turns), "speakers": len(found.speakers), **counts}
+
+
+def _count_clustering(pipeline, meter: Meter) -> dict[str, int]:
+    """How many embeddings pyannote's clustering sees and how many AHC clusters VBx starts from, and the peak
+    of its AHC (``linkage``: a condensed distance matrix, n^2 / 2 float64) and of VBx (n x clusters) as parts."""
+    from pyannote.audio.pipelines import clustering as module
+
+    counts: dict[str, int] = {}
+    filter_embeddings, linkage, cluster_vbx = pipeline.clustering.filter_embeddings, module.linkage, module.cluster_vbx
+
+    def counting(embeddings, *args, **kwargs):
+        kept = filter_embeddings(embeddings, *args, **kwargs)
+        counts.update(embeddings=embeddings.shape[0] * embeddings.shape[1], train_embeddings=kept[0].shape[0])
+        return kept
+
+    def ahc(*args, **kwargs):
+        with meter.part("ahc"):
+            return linkage(*args, **kwargs)
+
+    def vbx(ahc_init, *args, **kwargs):
+        counts["ahc_clusters"] = int(ahc_init.max()) + 1
+        with meter.part("vbx"):
+            return cluster_vbx(ahc_init, *args, **kwargs)
+
+    pipeline.clustering.filter_embeddings = counting  # an instance attribute: the pipeline's self.filter_embeddings
+    module.linkage, module.cluster_vbx = ahc, vbx  # module globals, looked up at each call
+    return counts
 
 
 def run_transcribe(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
@@ -376,8 +414,20 @@ RUNS: dict[str, Callable[[Path, Path, Path, Meter], dict]] = {
 }
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends this process through ``sys.exit`` (its scratch folder is removed), saying so on stderr."""
+    import signal
+
+    def stop(signum, frame) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {Path(__file__).name} (pid {os.getpid()}): got SIGTERM", file=sys.stderr)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def worker(stage: str, seconds: float, cache: Path) -> None:
     """One measurement in this process; prints its JSON as the last line."""
+    _exit_on_sigterm()
     path = build_input(STAGE_INPUT.get(stage, "speech"), seconds, cache)
     models = cache / "models"
     if not all((models / f".built-{library}").exists() for library in LIBRARIES):  # built apart: its imports
@@ -465,6 +515,7 @@ def main() -> None:
     if args.one:
         return worker(args.one, lengths[0], args.cache)
 
+    _exit_on_sigterm()
     args.cache.mkdir(parents=True, exist_ok=True)
     build_models(args.cache)
     saved_path = args.cache / "results.json"  # every measured run, kept across invocations (--reuse)
@@ -494,7 +545,7 @@ def main() -> None:
                 continue
             result = measure(stage, seconds, args.cache)
             results[stage][seconds] = result
-            print(f"{stage:>10} {seconds:>6g} s  {summary_line(result)}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {stage:>10} {seconds:>6g} s  {summary_line(result)}", flush=True)
             if "error" not in result:
                 saved[key] = result
                 saved_path.write_text(json.dumps(saved, indent=1))
@@ -563,8 +614,9 @@ def write_tables(results: dict[str, dict[float, dict]], lengths: list[float], ar
                 detail.append([stage, label(seconds), how, f"~{mb(r['baseline_mb'])}", *cells, r["why"]])
                 continue
             p = r["phases"]
-            others = {k: v for k, v in r.items() if k not in ("phases", "stage", "audio_s", "peak_mb", "baseline_mb")}
-            others = {k: round(v, 1) if isinstance(v, float) else v for k, v in others.items()}
+            skip = ("phases", "parts", "stage", "audio_s", "peak_mb", "baseline_mb", "seconds")
+            others = {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k not in skip}
+            others |= {f"{k} peak MB": round(v["peak_mb"]) for k, v in r.get("parts", {}).items()}
             detail.append(
                 [
                     stage,
