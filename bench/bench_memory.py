@@ -5,18 +5,21 @@
                                  [--table /tmp/memory_table.md] [--reuse]
     python bench/bench_memory.py --one STAGE --seconds N      # one measurement in this process: a JSON line
 
-``--seconds``: the audio lengths measured, in seconds (ascending; the table's columns are the shortest
-and the longest). Before each length the time and peak of the run are predicted linearly from the two
-longest lengths already measured (from the one, proportionally, after the first); a length whose
-prediction exceeds ``--max-run-s`` seconds or ``--max-memory-fraction`` of the memory available now is
-not run but EXTRAPOLATED (the table marks it ``~``) from those two lengths (a + b * seconds), so the
-machine never swaps nor runs for hours. A stage whose memory is not linear in the length (``QUADRATIC``:
-diarize, whose clustering holds a distance matrix of all its embeddings) is measured whatever its time,
-and its predictions use the parabola through the three longest lengths. ``--stages`` picks some of: ingest, ingest-cli, denoise,
-separate, diarize, transcribe, lipsync. ``--cache``: where the inputs and the models are built once
-(default ``~/.cache/voxflow-bench/memory``), which also keeps every measured run in ``results.json``:
-``--reuse`` takes the runs found there instead of measuring them again (to finish an interrupted
-run, or to redo one stage); ``--table``: the Markdown file the tables are written to.
+``--seconds``: the audio lengths measured, in seconds, ascending (the summary table's columns are the
+shortest and the longest; the default 60 600 1800 7200 gives 1 min and 2 h, and the 10 and 30 min runs
+in between show the growth). ``--stages``: some of ingest, ingest-cli, denoise, separate, diarize,
+transcribe, lipsync. ``--cache``: where the inputs and the models are built once (default
+``~/.cache/voxflow-bench/memory``); every measured run is also kept there in ``results.json``, and
+``--reuse`` takes the runs found there instead of measuring them again (to finish an interrupted run
+or redo one stage). ``--table``: the Markdown file both tables are written to.
+
+Before each length, its run's time and peak are predicted from the lengths already measured (linearly
+through the two longest; proportionally from a single one). A length whose prediction exceeds
+``--max-run-s`` seconds or ``--max-memory-fraction`` of the memory available now is not run but
+EXTRAPOLATED (marked ``~`` in the tables) linearly from the two longest measured lengths, so the
+machine neither swaps nor runs for hours. A stage whose memory is not linear in the length
+(``QUADRATIC``: diarize, whose clustering holds a distance matrix of its embeddings) is measured
+whatever its time, and its predictions use the parabola through the three longest lengths.
 
 Inputs, built from the corpus recordings by repeating them (written block by block with soundfile,
 float32 WAV, the format of ingest's artifacts): ``speech`` = ``diar_2spk_pyannote/sample.wav`` (30 s,
@@ -24,7 +27,10 @@ float32 WAV, the format of ingest's artifacts): ``speech`` = ``diar_2spk_pyannot
 44.1 kHz stereo: what ingest with ``NATIVE`` options writes for separate, and the source ingest decodes).
 Models: the tiny random-weight models of :mod:`voxflow.tasks.testing.random_models` (their output is
 noise; what a stage holds around its compute, whole-file arrays and outputs, is the same as with real
-weights; the model itself, a few MB here, is in the baseline).
+weights; the model itself, a few MB here, is in the baseline). Where the output's size depends on what
+the model finds, random weights set it: the transcript's words (whisper with beam_size=1 and no
+temperature fallback), the diarization's turns and the embeddings pyannote clusters (the diarize run
+reports their counts, and the peaks of the clustering's AHC and VBx as parts of its compute phase).
 
 Every measurement is a fresh subprocess (``--one``) on one torch/BLAS thread that imports the stage,
 loads its model and then runs, as the stage task does, three phases:
