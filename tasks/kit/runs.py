@@ -63,24 +63,25 @@ def is_out_of_memory(error: BaseException) -> bool:
     return any(cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch") for cls in type(error).__mro__)
 
 
-def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``error``, or one it was raised from, is a ``kind``."""
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then the errors it was raised from, up to one raised ``from None`` (which says it is not
+    the error it replaced)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, kind):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error``, or one it was raised from, is a ``kind``."""
+    return any(isinstance(e, kind) for e in causes(error))
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether an error (or one it was raised from) can heal on a retry."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(error):
         if isinstance(current, TRANSIENT_ERRORS):
             return True
         if any((cls.__module__, cls.__name__) in TRANSIENT_NAMES for cls in type(current).__mro__):
@@ -88,8 +89,6 @@ def is_transient(error: BaseException) -> bool:
         response = getattr(current, "response", None)
         if getattr(response, "status_code", None) in TRANSIENT_HTTP_STATUS:
             return True
-        # ``raise ... from None`` says the error is not the one it replaced: stop there
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
 
 
