@@ -17,9 +17,11 @@ Before each length, its run's time and peak are predicted from the lengths alrea
 through the two longest; proportionally from a single one). A length whose prediction exceeds
 ``--max-run-s`` seconds or ``--max-memory-fraction`` of the memory available now is not run but
 EXTRAPOLATED (marked ``~`` in the tables) linearly from the two longest measured lengths, so the
-machine neither swaps nor runs for hours. A stage whose memory is not linear in the length
-(``QUADRATIC``: diarize, whose clustering holds a distance matrix of its embeddings) is measured
-whatever its time, and its predictions use the parabola through the three longest lengths.
+machine neither swaps nor runs for hours. One term is not linear: diarize's clustering (pyannote's AHC,
+scipy ``linkage(method="centroid")``) holds two condensed distance matrices of its n training
+embeddings, 8 n^2 bytes, for a moment; when diarize is extrapolated, n is extrapolated linearly from
+the counts its runs report and that term is printed beside the peak (not added to it: it is a transient
+whose overlap with the peak the runs cannot show).
 
 Inputs, built from the corpus recordings by repeating them (written block by block with soundfile,
 float32 WAV, the format of ingest's artifacts): ``speech`` = ``diar_2spk_pyannote/sample.wav`` (30 s,
@@ -30,7 +32,7 @@ noise; what a stage holds around its compute, whole-file arrays and outputs, is 
 weights; the model itself, a few MB here, is in the baseline). Where the output's size depends on what
 the model finds, random weights set it: the transcript's words (whisper with beam_size=1 and no
 temperature fallback), the diarization's turns and the embeddings pyannote clusters (the diarize run
-reports their counts, and the peaks of the clustering's AHC and VBx as parts of its compute phase).
+reports their counts, and the peaks of pyannote's steps, its AHC and its VBx as parts of its compute phase).
 
 Every measurement is a fresh subprocess (``--one``) on one torch/BLAS thread that imports the stage,
 loads its model and then runs, as the stage task does, three phases:
@@ -89,23 +91,18 @@ INPUTS = {  # kind -> corpus recording repeated to the length measured
 }
 LIBRARIES = ("denoiser", "demucs", "pyannote", "whisper")
 STAGES = ("ingest", "ingest-cli", "denoise", "separate", "diarize", "transcribe", "lipsync")
-# Stages whose memory is NOT linear in the length: a linear extrapolation would be wrong, so the time
-# limit does not apply to them (the memory limit does, predicted by a quadratic through three lengths).
-QUADRATIC = {"diarize": "pyannote's AHC (scipy linkage) holds the condensed distance matrix of its training embeddings"}
 STAGE_INPUT = {"ingest": "music", "ingest-cli": "music", "separate": "music"}  # the others read speech
-HOLDS = {  # what each stage holds, from reading its code (the growth column says how much)
-    "ingest": "a few decode/resample blocks; the output is streamed into a staged file",
-    "ingest-cli": "the ingest task's blocks plus Prefect's flow/task state; the server is another process",
-    "denoise": "the input, its 16 kHz copy, the estimate, the resampled and mixed outputs (float32), "
-    "then the WAV bytes of the output (twice while encoding)",
-    "separate": "the input, its model-rate copy and normalised copy, both stems at the model's rate and at "
-    "the input's (float32); the WAV bytes and a float64 square of each stem when written",
-    "diarize": "the input and its 16 kHz tensor; pyannote's per-window segmentation, embeddings and "
-    "frame-level speaker activations of the whole track",
-    "transcribe": "the input and its 16 kHz copy, Silero's frame probabilities (also as a Python list), "
-    "every window's segments and words",
-    "lipsync": "the input, the whole (80, frames) mel and the (frames at 25 fps, 80, 16) windows: "
-    "5 times the mel; features.npy bytes when written",
+HOLDS = {  # what each stage holds (N: the input as float32), from reading its code and the phases' peaks
+    "ingest": "a few decode/resample blocks (the output is streamed into a staged file); a loudness edge per 100 ms",
+    "ingest-cli": "the ingest task's blocks plus Prefect's flow and task state; the server (another process) "
+    "holds ~280 MB whatever the length",
+    "denoise": "4 N: input, estimate, output and a dry x input temporary (float32); writing: the output's WAV bytes twice",
+    "separate": "4 N: input, its normalised copy and both stems (model rate = input rate here); writing: a stem's WAV "
+    "bytes twice, or its float64 square (rms_dbfs)",
+    "diarize": "the input and pyannote's arrays of the whole track (10 s windows every 1 s: segmentation, masks, "
+    "embeddings, frame activations); AHC distances, 8 n^2 bytes for n embeddings",
+    "transcribe": "the input (mono 16 kHz, no copy), Silero's frame probabilities, the transcript",
+    "lipsync": "the input, the (80, frames) mel and the windows (5x the mel = 2 N); writing: features.npy bytes (2 N)",
 }
 
 
@@ -338,8 +335,9 @@ def run_diarize(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
 
 
 def _count_clustering(pipeline, meter: Meter) -> dict[str, int]:
-    """How many embeddings pyannote's clustering sees and how many AHC clusters VBx starts from, and the peak
-    of its AHC (``linkage``: a condensed distance matrix, n^2 / 2 float64) and of VBx (n x clusters) as parts."""
+    """How many embeddings pyannote's clustering sees and how many AHC clusters VBx starts from; the peaks of
+    the pipeline's steps, of its AHC (``linkage``: a condensed distance matrix, n^2 / 2 float64) and of VBx
+    (n x clusters) as parts of the compute phase."""
     from pyannote.audio.pipelines import clustering as module
 
     counts: dict[str, int] = {}
@@ -361,7 +359,17 @@ def _count_clustering(pipeline, meter: Meter) -> dict[str, int]:
 
     pipeline.clustering.filter_embeddings = counting  # an instance attribute: the pipeline's self.filter_embeddings
     module.linkage, module.cluster_vbx = ahc, vbx  # module globals, looked up at each call
+    for step in ("get_segmentations", "speaker_count", "get_embeddings", "reconstruct", "to_annotation"):
+        setattr(pipeline, step, _as_part(meter, step, getattr(pipeline, step)))  # self.<step>(...) finds these
     return counts
+
+
+def _as_part(meter: Meter, name: str, function):
+    def measured(*args, **kwargs):
+        with meter.part(name):
+            return function(*args, **kwargs)
+
+    return measured
 
 
 def run_transcribe(path: Path, models: Path, scratch: Path, meter: Meter) -> dict:
@@ -425,7 +433,13 @@ def _exit_on_sigterm() -> None:
     import signal
 
     def stop(signum, frame) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {Path(__file__).name} (pid {os.getpid()}): got SIGTERM", file=sys.stderr)
+        import traceback
+
+        where = "".join(traceback.format_stack(frame, limit=6))
+        print(
+            f"{time.strftime('%H:%M:%S')} {Path(__file__).name} (pid {os.getpid()}): got SIGTERM in\n{where}",
+            file=sys.stderr,
+        )
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -465,18 +479,8 @@ def available_mb() -> float:
     return int(fields["MemAvailable"].split()[0]) / 1024
 
 
-def quadratic(points: list[tuple[float, float]], x: float) -> float:
-    """The parabola through the three longest points at ``x`` (the line when there are fewer)."""
-    if len(points) < 3:
-        return linear(points, x)
-    import numpy as np
-
-    xs, ys = zip(*sorted(points)[-3:])
-    return float(np.polyval(np.polyfit(xs, ys, 2), x))
-
-
 def linear(points: list[tuple[float, float]], x: float) -> float:
-    """The line through the two longest points (through the origin's proportion for a single one) at ``x``."""
+    """The line through the two longest points at ``x`` (for a single point: proportional to ``x``)."""
     if len(points) == 1:
         ((x0, y0),) = points
         return y0 * x / x0
@@ -533,15 +537,13 @@ def main() -> None:
             build_input(STAGE_INPUT.get(stage, "speech"), seconds, args.cache)
             measured = [(s, r) for s, r in results[stage].items() if "error" not in r and not r.get("extrapolated")]
             if measured:
-                fit = quadratic if stage in QUADRATIC else linear
-                time_s = fit([(s, r["seconds"]) for s, r in measured], seconds)
-                peak = fit([(s, r["peak_mb"] - r["baseline_mb"]) for s, r in measured], seconds)
+                time_s = linear([(s, r["seconds"]) for s, r in measured], seconds)
+                peak = linear([(s, r["peak_mb"] - r["baseline_mb"]) for s, r in measured], seconds)
                 peak += measured[-1][1]["baseline_mb"]
                 budget = args.max_memory_fraction * available_mb()
-                too_long = time_s > args.max_run_s and stage not in QUADRATIC
-                if (too_long or peak > budget) and len(measured) >= 2:
+                if (time_s > args.max_run_s or peak > budget) and len(measured) >= 2:
                     why = f"predicted {time_s:.0f} s, {peak:,.0f} MB (limits {args.max_run_s:.0f} s, {budget:,.0f} MB)"
-                    results[stage][seconds] = extrapolate(measured, seconds, why, fit)
+                    results[stage][seconds] = extrapolate(measured, seconds, why)
                     print(f"{stage:>10} {seconds:>6g} s  EXTRAPOLATED: {why}", flush=True)
                     continue
             key = f"{stage}@{seconds:g}"
@@ -558,13 +560,17 @@ def main() -> None:
     write_tables(results, lengths, args)
 
 
-def extrapolate(measured: list[tuple[float, dict]], seconds: float, why: str, fit=None) -> dict:
-    """Peak, baseline and seconds at ``seconds`` from the measured lengths (``fit``: :func:`linear` by default)."""
-    fit = fit or linear
-    points = sorted(measured)[-(3 if fit is quadratic else 2) :]
+def extrapolate(measured: list[tuple[float, dict]], seconds: float, why: str) -> dict:
+    """Peak, baseline and seconds at ``seconds``, linearly from the two longest measured lengths; for diarize,
+    also the training embeddings and the transient of their AHC (8 n^2 bytes, see the module's docstring)."""
+    points = sorted(measured, key=lambda item: item[0])[-2:]
     out = {"extrapolated": True, "why": why, "from": [s for s, _ in points]}
     for key in ("peak_mb", "baseline_mb", "seconds"):
-        out[key] = fit([(s, r[key]) for s, r in points], seconds)
+        out[key] = linear([(s, r[key]) for s, r in points], seconds)
+    if all("train_embeddings" in r for _, r in points):
+        n = linear([(s, r["train_embeddings"]) for s, r in points], seconds)
+        out["train_embeddings"], out["ahc_mb"] = round(n), 8 * n**2 / MB
+        out["why"] += f"; AHC of ~{n:,.0f} embeddings: ~{8 * n**2 / MB:,.0f} MB more for a moment (not in the peak)"
     return out
 
 
@@ -585,7 +591,8 @@ def write_tables(results: dict[str, dict[float, dict]], lengths: list[float], ar
         if "error" in r:
             return "failed"
         mark = "~" if r.get("extrapolated") else ""
-        return f"{mark}{mb(r['peak_mb'])} (+{mb(r['peak_mb'] - r['baseline_mb'])})"
+        ahc = f"; AHC +~{mb(r['ahc_mb'])} for a moment" if "ahc_mb" in r else ""
+        return f"{mark}{mb(r['peak_mb'])} (+{mb(r['peak_mb'] - r['baseline_mb'])}{ahc})"
 
     def label(seconds: float) -> str:
         return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
@@ -603,8 +610,10 @@ def write_tables(results: dict[str, dict[float, dict]], lengths: list[float], ar
         rows.append([stage, cell(a), cell(b), growth, HOLDS[stage]])
     notes = [
         "~: extrapolated linearly from the two longest measured lengths (see the detail table); others measured",
-        "peak: the stage's largest per-phase high-water mark (ru_maxrss); baseline: RSS after imports and model load",
+        "peak: the stage's largest per-phase high-water mark (ru_maxrss); baseline: RSS after imports and model load; MB: 2^20 bytes",
         "tiny random-weight models, CPU, one thread; inputs: corpus speech (16 kHz mono) / jfk (44.1 kHz stereo)",
+        "every stage but ingest reads its input as read_audio does: the WAV's bytes and the decoded array, 2 N "
+        "(3 N for stereo) at once, N being the input as float32 (2 h: 439 MB of speech, 2,422 MB of stereo music)",
     ]
     detail_header = ["stage", "audio", "how", "baseline", "load peak", "read peak", "compute peak", "write peak"]
     detail_header += ["peak", "read s", "compute s", "write s", "notes"]
@@ -620,7 +629,7 @@ def write_tables(results: dict[str, dict[float, dict]], lengths: list[float], ar
                 detail.append([stage, label(seconds), how, f"~{mb(r['baseline_mb'])}", *cells, r["why"]])
                 continue
             p = r["phases"]
-            skip = ("phases", "parts", "stage", "audio_s", "peak_mb", "baseline_mb", "seconds")
+            skip = ("phases", "parts", "stage", "audio_s", "peak_mb", "baseline_mb", "seconds", "source")
             others = {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k not in skip}
             others |= {f"{k} peak MB": round(v["peak_mb"]) for k, v in r.get("parts", {}).items()}
             detail.append(
