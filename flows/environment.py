@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import Task
 
+from voxflow.flows.settings import model_settings, store_settings  # noqa: F401  (flows import them from here)
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
@@ -17,24 +18,6 @@ from voxflow.storage.store import shared_store
 from voxflow.tasks.kit.locks import FileLockManager
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.stage import with_results
-
-
-def store_settings(storage_block: str | None) -> StoreSettings:
-    """Settings from the named ``voxflow-storage`` Block, else from the environment."""
-    if not storage_block:
-        return StoreSettings.from_env()
-    from voxflow.blocks.storage import VoxflowStorage
-
-    return VoxflowStorage.load(storage_block).settings()
-
-
-def model_settings(models_block: str | None) -> ModelSettings:
-    """Model folder, device and HF token from the named ``voxflow-models`` Block, else the environment."""
-    if not models_block:
-        return ModelSettings.from_env()
-    from voxflow.blocks.models import VoxflowModels
-
-    return VoxflowModels.load(models_block).settings()
 
 
 @dataclass(frozen=True)

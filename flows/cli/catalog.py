@@ -45,7 +45,7 @@ def add_catalog(parser: argparse.ArgumentParser) -> None:
 
 
 def catalog(args: argparse.Namespace) -> int:
-    from voxflow.flows.environment import store_settings
+    from voxflow.flows.settings import store_settings
     from voxflow.storage.catalog import Catalog
     from voxflow.storage.store import open_store
 
