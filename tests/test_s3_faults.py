@@ -85,7 +85,8 @@ def test_store_gone_at_the_end_of_a_run_then_back(tmp_path, use_store, monkeypat
         assert again.summary() == "3 file(s): 0 done, 3 cached, 0 failed"
         assert len(catalog.frame("processed")) == 3
         runs = catalog.frame("stage_runs")
-        assert (~runs["cache_hit"]).sum() == 3  # computed once each, before the outage
+        computed = runs[(runs["status"] == "completed") & ~runs["cache_hit"]]
+        assert len(computed) == 3  # computed once each, before the outage (a retried attempt adds a failed row)
     finally:
         server.stop()
 
