@@ -127,9 +127,9 @@ def list_sources(
         local = Path(location.path)
         if local.is_dir():
             files = sorted(
-                (p, p.relative_to(local).as_posix())
+                (p, relative)
                 for p in local.rglob("*")
-                if p.is_file() and _wanted(p.relative_to(local).as_posix(), extensions, pattern)
+                if p.is_file() and _wanted(relative := p.relative_to(local).as_posix(), extensions, pattern)
             )
             found.update((e.uri, e) for e in (_local_entry(p, relative) for p, relative in files))
         elif local.exists():
