@@ -258,7 +258,13 @@ class SeaweedFS:
             self.server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
         def ready() -> bool:
-            s3_client(self.endpoint, self.access_key, self.secret_key).list_buckets()
+            # after a restart the gateway lists buckets before its volumes serve reads (500 InternalError):
+            # ready once an object of every bucket (each bucket is its own volume collection) reads back
+            client = s3_client(self.endpoint, self.access_key, self.secret_key)
+            for bucket in client.list_buckets()["Buckets"]:
+                listed = client.list_objects_v2(Bucket=bucket["Name"], MaxKeys=1).get("Contents", [])
+                for item in listed:
+                    client.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
             return True
 
         wait_for(lambda: _quietly(ready), 90, "SeaweedFS", self.server)
