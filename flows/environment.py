@@ -48,13 +48,25 @@ _SAVED_LOCK = threading.Lock()
 
 
 def _saved_results(api_url: str | None, results: Any) -> Any:
-    """Save the result-storage Block once per API and store in this process (a save is 3 API calls)."""
+    """The result-storage Block as saved on the API, saved once per API and store in this process: a run
+    that finds it saved as it is reads it (one call, 0.05 s) instead of saving it again (3 calls, 0.1-0.6 s)."""
     key = (api_url, results.block_name())
     with _SAVED_LOCK:
         if key not in _SAVED:
-            results.save(results.block_name(), overwrite=True)
-            _SAVED[key] = results
+            _SAVED[key] = _load_same(results) or results
+            if _SAVED[key] is results:
+                results.save(results.block_name(), overwrite=True)
         return _SAVED[key]
+
+
+def _load_same(results: Any) -> Any | None:
+    """The saved Block of ``results``' name if it holds the same settings, else None."""
+    try:
+        saved = type(results).load(results.block_name())
+    except (ValueError, TypeError, KeyError):  # not saved yet, or saved by another version of voxflow
+        return None
+    same = all(getattr(saved, name) == getattr(results, name) for name in type(results).model_fields)
+    return saved if same else None
 
 
 def remove_leftovers(settings: StoreSettings) -> None:

@@ -89,3 +89,20 @@ def test_prefect_yaml_deploys_to_a_work_pool(prefect_server):
     folder = deployment(env, "ingest-folder/ingest-folder")
     assert folder["global_concurrency_limit"]["limit"] == 1
     assert folder["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+
+def test_a_command_runs_on_the_server_of_the_users_profile(prefect_server, tmp_path):
+    """``voxflow`` starts its own API server ahead of its imports only when Prefect would start one: a user who
+    chose a server with ``prefect config set PREFECT_API_URL`` (not in the environment) has the run on it."""
+    env = {k: v for k, v in prefect_server.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "user-prefect")
+    url = prefect_server["PREFECT_API_URL"]
+    subprocess.run([str(BIN / "prefect"), "config", "set", f"PREFECT_API_URL={url}"], env=env, check=True, timeout=60)
+    jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
+    done = subprocess.run(
+        [str(BIN / "voxflow"), "ingest", jfk], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+    assert [run["name"] for run in servers.api_post(prefect_server, "/flow_runs/filter", completed)]
+    assert not list((tmp_path / "user-prefect").glob("*.db"))  # no ephemeral server kept a database there

@@ -31,7 +31,25 @@ COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "serve": ("serve", "serve every flow as a deployment on this machine (flow.serve)"),
 }
 
-RUNS_FLOWS = {"ingest", "ingest-folder", "transcribe", "separate", "lipsync", "clone", "synth", "replace"}
+RUNS_FLOWS = {  # command: the module under voxflow.flows of the flow it runs
+    "ingest": "ingest",
+    "ingest-folder": "ingest_folder",
+    "transcribe": "transcribe",
+    "separate": "separate",
+    "lipsync": "lipsync_features",
+    "clone": "clone_enhanced",
+    "synth": "synthesize",
+    "replace": "voice_replace",
+}
+
+RUN_IMPORTS = (  # what a flow run imports on its way (Prefect's engines, its parameter encoder, the catalog)
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.utilities.visualization",
+    "fastapi.encoders",
+    "deltalake",
+    "tqdm",
+)
 
 
 def quiet_prefect(verbose: bool) -> None:
@@ -66,9 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
     quiet_prefect(verbose=bool({"-v", "--verbose"} & set(argv[: argv.index(command) if command else None])))
+    server = None
+    if command in RUNS_FLOWS and not {"-h", "--help"} & set(argv):
+        from voxflow.flows.ephemeral import start_early
+
+        server = start_early()  # its start-up overlaps the imports below
     try:
         args = build_parser(command).parse_args(argv)  # after quiet_prefect: Prefect reads its logging settings once
-        if command in RUNS_FLOWS:  # a flow run may start Prefect's ephemeral server: it must not outlive us
+        if server is not None:  # import what the run needs meanwhile, then wait for the server
+            for module in (f"voxflow.flows.{RUNS_FLOWS[command]}", *RUN_IMPORTS):
+                importlib.import_module(module)
+            server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        elif command in RUNS_FLOWS:  # Prefect may start its ephemeral server after all: it must not outlive us
             from voxflow.flows.ephemeral import tie_ephemeral_server
 
             tie_ephemeral_server()
@@ -87,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
+        from voxflow.flows.ephemeral import ServerNotStarted
         from voxflow.storage.errors import StorageError
 
-        if not isinstance(e, StorageError):
+        if not isinstance(e, StorageError | ServerNotStarted):
             raise
         print(f"error: {e}", file=sys.stderr)  # names the store or object and the cause, in one line
         return 1
