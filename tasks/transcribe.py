@@ -28,6 +28,7 @@ one ``segments`` catalog row per segment (its words as a list column).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -551,6 +552,17 @@ class _EncodedWhisper:
         return self.decoder(tokens, audio_features)
 
 
+@functools.cache
+def _alignment_compiled_once_per_machine() -> None:
+    """whisper's word alignment (its numba DTW and backtrace) is compiled at its first call in every
+    process: 1.8-2.9 s of each ``voxflow transcribe`` here. numba's on-disk cache keeps the compiled
+    code for the next processes (beside whisper's module, else in the user's cache folder): 0.4 s."""
+    from whisper import timing
+
+    for function in (timing.dtw_cpu, timing.backtrace):
+        function.enable_caching()
+
+
 @contextlib.contextmanager
 def _keeping_torch_threads() -> Iterator[None]:
     """Restore torch's CPU thread count after the block: numba's first compile of whisper's DTW
@@ -617,6 +629,7 @@ class _WhisperSteps:
                 "TranscribeOptions.compute_type: float16 needs CUDA with the whisper backend "
                 "(on a CPU: float32, or int8 with the faster-whisper backend)"
             )
+        _alignment_compiled_once_per_machine()
         self.model = model
         self.fp16 = cuda if compute_type == "auto" else compute_type == "float16"
         self.dtype = torch.float16 if self.fp16 else torch.float32
