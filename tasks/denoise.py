@@ -43,14 +43,13 @@ from pydantic import AfterValidator, Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import audio
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES
 from voxflow.tasks.kit.models import (
     MODEL_DIR_ENV,
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     holding,
-    register_model_source,
 )
 from voxflow.tasks.kit.options import InvalidOptions, Options, model_name
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
@@ -62,8 +61,8 @@ if TYPE_CHECKING:
 
 STAGE = "denoise"
 CODE_VERSION = "1"
-LIBRARY = "denoiser"  # subfolder of the model dir: <model dir>/denoiser/<name>.th
-DEFAULT_MODEL = "dns48"
+SOURCE = MODEL_SOURCES[STAGE]
+LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # <model dir>/denoiser/<name>.th
 PRETRAINED = ("dns48", "dns64", "master64")  # names denoiser.pretrained downloads
 AUDIO_NAME = "denoised.wav"
 STD_BLOCK_SAMPLES = 1 << 20  # samples per block when measuring a channel's level (8 MB of float64)
@@ -209,14 +208,6 @@ def load_denoise_model(
 def pull_denoise_model(name: str, settings: ModelSettings) -> Path:
     """Download a pretrained denoiser and save it as ``<model dir>/denoiser/<name>.th``."""
     return write_denoise_package(_download(name), settings.library_dir(LIBRARY) / f"{name}.th")
-
-
-def local_denoise_model(name: str, settings: ModelSettings) -> Path | None:
-    """``<model dir>/denoiser/<name>.th`` when present."""
-    return settings.local(LIBRARY, f"{name}.th")
-
-
-register_model_source(ModelSource(STAGE, LIBRARY, DEFAULT_MODEL, pull_denoise_model, local_denoise_model))
 
 
 def lookahead_samples(model: Demucs) -> int:

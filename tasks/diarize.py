@@ -39,14 +39,14 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import shared_store
 from voxflow.tasks.helpers import audio as audio_ops
 from voxflow.tasks.helpers.speakers import Turn, to_rttm
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, local_pipeline
+from voxflow.tasks.kit.model_sources import hub_folder_name as local_folder_name
 from voxflow.tasks.kit.models import (
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     holding,
     hub_errors,
-    register_model_source,
 )
 from voxflow.tasks.kit.options import InvalidOptions, Options, not_blank
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_artifact
@@ -55,8 +55,8 @@ from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "diarize"
 CODE_VERSION = "1"
-LIBRARY = "pyannote"  # subfolder of the model dir
-DEFAULT_MODEL = "pyannote/speaker-diarization-community-1"
+SOURCE = MODEL_SOURCES[STAGE]
+LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # <model dir>/pyannote/<repository name>/
 HUB_URL = "https://hf.co/{name}"  # where a gated pipeline's conditions are accepted
 SAMPLE_RATE_HZ = 16_000  # what the pipeline's models take
 RTTM_NAME = "diarization.rttm"
@@ -163,23 +163,6 @@ class DiarizeResult:
         }
 
 
-def local_folder_name(name: str) -> str:
-    """The folder of a hub pipeline under ``<model dir>/pyannote/``: its repository name."""
-    return name.rstrip("/").rsplit("/", 1)[-1]
-
-
-def local_pipeline(name: str, settings: ModelSettings) -> Path | None:
-    """The local folder of pipeline ``name``, else None.
-
-    First ``<model dir>/pyannote/<repository name>/``, then ``name`` itself if it is a pipeline folder.
-    """
-    config = settings.local(LIBRARY, local_folder_name(name), "config.yaml")
-    if config is not None:
-        return config.parent
-    folder = Path(name).expanduser()
-    return folder if (folder / "config.yaml").is_file() else None
-
-
 def load_diarize_model(
     name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None, token: str | None = None
 ) -> Any:
@@ -224,7 +207,7 @@ def _load_pipeline(name: str, folder: Path | None, device: str, token: str | Non
     return pipeline.to(torch.device(device))
 
 
-def _pull(name: str, settings: ModelSettings) -> Path:
+def pull_diarize_model(name: str, settings: ModelSettings) -> Path:
     """Download pipeline ``name`` (all its files) into ``<model dir>/pyannote/<repository name>/``."""
     from huggingface_hub import snapshot_download
 
@@ -232,9 +215,6 @@ def _pull(name: str, settings: ModelSettings) -> Path:
     with hub_errors(name, gated_url=HUB_URL.format(name=name), folder=target):
         snapshot_download(name, token=settings.token(), local_dir=target)
     return target
-
-
-register_model_source(ModelSource(STAGE, LIBRARY, DEFAULT_MODEL, pull=_pull, present=local_pipeline, gated=True))
 
 
 def waveform_input(samples: np.ndarray, sample_rate_hz: int) -> dict[str, Any]:

@@ -33,14 +33,13 @@ from pydantic import AfterValidator, Field
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers.audio import resample, to_dbfs
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, local_repo
 from voxflow.tasks.kit.models import (
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     holding,
     hub_errors,
-    register_model_source,
 )
 from voxflow.tasks.kit.options import Options, not_blank
 from voxflow.tasks.kit.outputs import audio_input, read_audio, source_sha256_of, write_audio
@@ -52,8 +51,8 @@ if TYPE_CHECKING:
 
 STAGE = "separate"
 CODE_VERSION = "1"
-LIBRARY = "demucs"  # subfolder of the model dir: a demucs local repo (<name>.yaml bags, <sig>[-<checksum>].th)
-DEFAULT_MODEL = "htdemucs"
+SOURCE = MODEL_SOURCES[STAGE]
+LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # a demucs local repo (<name>.yaml bags, <sig>[-<checksum>].th)
 VOCALS = "vocals"  # the stem kept apart; every other stem is summed into the accompaniment
 VOCALS_NAME = "vocals.wav"
 ACCOMPANIMENT_NAME = "accompaniment.wav"
@@ -148,24 +147,6 @@ class SeparateResult:
         }
 
 
-def local_repo(name: str, settings: ModelSettings) -> Path | None:
-    """``<model dir>/demucs`` when that local repo holds model ``name`` (a bag with all its models), else None."""
-    import yaml
-    from demucs.repo import BagOnlyRepo, LocalRepo
-
-    folder = settings.local(LIBRARY)
-    if folder is None or not folder.is_dir():
-        return None
-    models = LocalRepo(folder)
-    if models.has_model(name):
-        return folder
-    bags = BagOnlyRepo(folder, models).list_model()
-    if name not in bags:
-        return None
-    signatures = yaml.safe_load(Path(bags[name]).read_text()).get("models", [])
-    return folder if signatures and all(models.has_model(sig) for sig in signatures) else None
-
-
 def load_separate_model(name: str = DEFAULT_MODEL, device: str = "cpu", model_dir: str | Path | None = None) -> Any:
     """The Demucs model or bag ``name`` on ``device`` in eval mode, loaded once per process.
 
@@ -218,7 +199,7 @@ def save_package(model: Any, folder: Path, signature: str) -> Path:
     return written
 
 
-def _pull(name: str, settings: ModelSettings) -> Path:
+def pull_separate_model(name: str, settings: ModelSettings) -> Path:
     """Download ``name`` from the Hugging Face hub into the local repo ``<model dir>/demucs``.
 
     Writes the bag file ``<name>.yaml`` as published and each of its models as a demucs package, the
@@ -239,9 +220,6 @@ def _pull(name: str, settings: ModelSettings) -> Path:
             save_package(load_safetensors_model(weights), folder, signature)
     (folder / f"{name}.yaml").write_text(bag_file.read_text())
     return folder
-
-
-register_model_source(ModelSource(STAGE, LIBRARY, DEFAULT_MODEL, _pull, local_repo))
 
 
 @dataclass(frozen=True)

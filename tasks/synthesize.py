@@ -63,14 +63,14 @@ from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.tasks.helpers import quality
 from voxflow.tasks.kit.caching import TextInput
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, TTS_DEFAULTS, local_tts_model
+from voxflow.tasks.kit.model_sources import hub_folder_name as local_folder_name
 from voxflow.tasks.kit.models import (
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     holding,
     hub_errors,
-    register_model_source,
     seeded,
 )
 from voxflow.tasks.kit.options import InvalidOptions, Options
@@ -87,12 +87,8 @@ Mode = Literal["clone", "design", "custom"]
 STAGE = "synthesize"
 PROMPT_STAGE = "voice_prompt"
 CODE_VERSION = "1"
-LIBRARY = "qwen-tts"  # subfolder of the model dir: <model dir>/qwen-tts/<repository name>/
-DEFAULT_MODELS: dict[Mode, str] = {
-    "clone": "Qwen/Qwen3-TTS-12Hz-0.6B-Base",
-    "design": "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign",  # the only VoiceDesign model released
-    "custom": "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice",  # the 0.6B CustomVoice ignores instructions
-}
+LIBRARY = MODEL_SOURCES[STAGE].library  # <model dir>/qwen-tts/<repository name>/
+DEFAULT_MODELS: dict[Mode, str] = TTS_DEFAULTS  # type: ignore[assignment]
 MODEL_TYPES: dict[Mode, str] = {"clone": "base", "design": "voice_design", "custom": "custom_voice"}
 SAMPLE_RATE_HZ = 24_000  # what the 12 Hz speech tokenizer decodes to
 AUTO_LANGUAGE = "auto"  # let the model tell the language from the text
@@ -237,21 +233,6 @@ class VoicePromptOptions(Options):
 # Models
 
 
-def local_folder_name(name: str) -> str:
-    """The folder of a hub model under ``<model dir>/qwen-tts/``: its repository name."""
-    return name.rstrip("/").rsplit("/", 1)[-1]
-
-
-def local_tts_model(name: str, settings: ModelSettings) -> Path | None:
-    """The folder of model ``name``: ``<model dir>/qwen-tts/<repository name>/``, else ``name`` itself
-    when it is a model folder; None when neither holds a ``config.json``."""
-    config = settings.local(LIBRARY, local_folder_name(name), "config.json")
-    if config is not None:
-        return config.parent
-    folder = Path(name).expanduser()
-    return folder if (folder / "config.json").is_file() else None
-
-
 def pull_tts_model(name: str, settings: ModelSettings) -> Path:
     """Download model ``name`` (all its files) into ``<model dir>/qwen-tts/<repository name>/``."""
     from huggingface_hub import snapshot_download
@@ -260,13 +241,6 @@ def pull_tts_model(name: str, settings: ModelSettings) -> Path:
     with hub_errors(name, gated_url=HUB_URL.format(name=name), folder=target):
         snapshot_download(name, token=settings.token(), local_dir=target)
     return target
-
-
-# one source per mode, so `voxflow models pull` fetches all three (stages synthesize, synthesize-design, -custom)
-for _mode, _stage in (("clone", STAGE), ("design", f"{STAGE}-design"), ("custom", f"{STAGE}-custom")):
-    register_model_source(
-        ModelSource(_stage, LIBRARY, DEFAULT_MODELS[_mode], pull=pull_tts_model, present=local_tts_model)
-    )
 
 
 @contextlib.contextmanager

@@ -49,14 +49,18 @@ from voxflow.tasks.helpers import audio as audio_io
 from voxflow.tasks.helpers import subtitles
 from voxflow.tasks.helpers.speakers import Turn, parse_rttm
 from voxflow.tasks.helpers.subtitles import Segment, Transcript, Word
+from voxflow.tasks.kit.model_sources import (
+    FASTER_WHISPER_LIBRARY,
+    MODEL_SOURCES,
+    local_checkpoint,
+    local_faster_whisper,
+)
 from voxflow.tasks.kit.models import (
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     holding,
     hub_errors,
-    register_model_source,
     seeded,
 )
 from voxflow.tasks.kit.options import InvalidOptions, Options
@@ -70,9 +74,7 @@ STAGE = "transcribe"
 CODE_VERSION = (
     "3"  # 2: SRT/VTT by whisper's writers, TXT and TSV added; 3: fallback, segments split at speakers/sentences
 )
-LIBRARY = "whisper"
-FASTER_WHISPER_LIBRARY = "faster-whisper"
-DEFAULT_MODEL = "turbo"
+LIBRARY, DEFAULT_MODEL = MODEL_SOURCES[STAGE].library, MODEL_SOURCES[STAGE].name  # <model dir>/whisper/<name>.pt
 SAMPLE_RATE_HZ = 16_000  # whisper.audio.SAMPLE_RATE
 HOP_LENGTH = 160  # samples per mel frame (10 ms), whisper.audio.HOP_LENGTH
 FRAMES_PER_SECOND = SAMPLE_RATE_HZ // HOP_LENGTH
@@ -301,20 +303,6 @@ class TranscribeResult:
 # ---- models -------------------------------------------------------------------------------------
 
 
-def _official_file(name: str) -> str | None:
-    """The file name whisper's own download gives an official model (``turbo`` -> ``large-v3-turbo.pt``)."""
-    from whisper import _MODELS
-
-    return _MODELS[name].rsplit("/", 1)[-1] if name in _MODELS else None
-
-
-def local_checkpoint(name: str, settings: ModelSettings) -> Path | None:
-    """``<model dir>/whisper/<name>.pt``, else the official download's file name there, else None."""
-    official = _official_file(name)
-    candidates = [f"{name}.pt"] + ([official] if official else [])
-    return next((p for p in (settings.local(LIBRARY, c) for c in candidates) if p is not None), None)
-
-
 def _set_official_alignment_heads(model: Any, name: str) -> None:
     """Whisper's word-timing heads for ``name`` when the checkpoint has that model's layer x head grid.
 
@@ -437,12 +425,6 @@ def pull_whisper(name: str, settings: ModelSettings) -> Path:
     return Path(whisper._download(whisper._MODELS[name], str(settings.library_dir(LIBRARY)), in_memory=False))
 
 
-def local_faster_whisper(name: str, settings: ModelSettings) -> Path | None:
-    """``<model dir>/faster-whisper/<name>/`` when it holds a CTranslate2 model."""
-    folder = settings.local(FASTER_WHISPER_LIBRARY, name)
-    return folder if folder is not None and (folder / "model.bin").is_file() else None
-
-
 def pull_faster_whisper(name: str, settings: ModelSettings) -> Path:
     """Download faster-whisper's conversion of ``name`` into ``<model dir>/faster-whisper/<name>/``."""
     from faster_whisper import download_model
@@ -450,21 +432,6 @@ def pull_faster_whisper(name: str, settings: ModelSettings) -> Path:
     target = settings.library_dir(FASTER_WHISPER_LIBRARY) / name
     with hub_errors(name, folder=target):
         return Path(download_model(name, output_dir=str(target)))
-
-
-register_model_source(
-    ModelSource(STAGE, LIBRARY, DEFAULT_MODEL, pull_whisper, local_checkpoint, setting="whisper_model")
-)
-register_model_source(
-    ModelSource(
-        f"{STAGE}-faster-whisper",
-        FASTER_WHISPER_LIBRARY,
-        DEFAULT_MODEL,
-        pull_faster_whisper,
-        local_faster_whisper,
-        setting="whisper_model",
-    )
-)
 
 
 # ---- voice activity and chunks ------------------------------------------------------------------

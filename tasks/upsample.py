@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import numpy as np
 from pydantic import AfterValidator, Field
 
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, NOVASR_HUB_FILE, local_upsample_model
 from voxflow.tasks.kit.models import (
     MODEL_DIR_ENV,
     RESIDENT,
     ModelNotFound,
     ModelSettings,
-    ModelSource,
     hub_errors,
-    register_model_source,
 )
 from voxflow.tasks.kit.options import Options, model_name
 from voxflow.tasks.kit.runs import halving_batch_on_oom
@@ -58,10 +57,9 @@ if TYPE_CHECKING:
     from voxflow.tasks.networks.novasr import NovaSR
 
 STAGE = "enhance"  # NoVaSR runs inside the enhance stage's chain (tasks/enhance.py)
-LIBRARY = "novasr"  # subfolder of the model dir: <model dir>/novasr/pytorch_model_v1.bin
-DEFAULT_MODEL = "novasr"
+LIBRARY, DEFAULT_MODEL = MODEL_SOURCES[STAGE].library, MODEL_SOURCES[STAGE].name  # <model dir>/novasr/
 HUB_REPO = "YatharthS/NovaSR"
-HUB_FILE = "pytorch_model_v1.bin"  # the official file name, also its name in the model folder
+HUB_FILE = NOVASR_HUB_FILE  # the official file name, also its name in the model folder
 INPUT_RATE_HZ = 16_000
 OUTPUT_RATE_HZ = 48_000
 RATIO = OUTPUT_RATE_HZ // INPUT_RATE_HZ
@@ -170,16 +168,6 @@ def write_checkpoint(model: NovaSR, path: Path) -> Path:
     return path
 
 
-def _candidates(name: str) -> list[str]:
-    """The file names ``name`` may have in the model folder (the official file name first for the default)."""
-    return [HUB_FILE, f"{name}.bin"] if name == DEFAULT_MODEL else [f"{name}.bin"]
-
-
-def local_upsample_model(name: str, settings: ModelSettings) -> Path | None:
-    """``<model dir>/novasr/pytorch_model_v1.bin`` (the default) or ``<model dir>/novasr/<name>.bin`` when present."""
-    return next((p for p in (settings.local(LIBRARY, c) for c in _candidates(name)) if p is not None), None)
-
-
 def _download(name: str, settings: ModelSettings, token: str | None) -> Path:
     """The official checkpoint from the Hugging Face hub (into its cache); only the default name downloads."""
     if name != DEFAULT_MODEL:
@@ -232,9 +220,6 @@ def pull_upsample_model(name: str, settings: ModelSettings) -> Path:
     shutil.copyfile(downloaded, partial)
     partial.replace(target)
     return target
-
-
-register_model_source(ModelSource(STAGE, LIBRARY, DEFAULT_MODEL, pull_upsample_model, local_upsample_model))
 
 
 # ---- compute ------------------------------------------------------------------------------------

@@ -142,3 +142,30 @@ def test_commands_that_run_no_flow_import_neither_prefect_nor_torch(tmp_path, ar
     run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "imported: [] 0", run.stdout
+
+
+def test_models_list_finds_the_models_without_importing_prefect_or_torch(tmp_path):
+    """``voxflow models list`` imported every stage module, Prefect and torch with them: 3.7 s (issue 17). It
+    still recognises each library's layout: whisper's official file name, a demucs bag and its models."""
+    models = tmp_path / "models"
+    (models / "whisper").mkdir(parents=True)
+    (models / "whisper" / "large-v3-turbo.pt").write_bytes(b"")  # what whisper's own download names "turbo"
+    (models / "demucs").mkdir()
+    (models / "demucs" / "htdemucs.yaml").write_text("models: ['955717e8']\n")
+    (models / "demucs" / "955717e8-8726e21a.th").write_bytes(b"")
+    probe = (
+        "import sys\n"
+        "from voxflow.flows.cli import main\n"
+        "code = main(['models', 'list'])\n"
+        "print('imported:', sorted(m for m in ('prefect', 'torch') if m in sys.modules), code)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    env["VOXFLOW_MODEL_DIR"] = str(models)
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[-1] == "imported: [] 0", run.stdout
+    rows = {line.split()[0]: line for line in lines[1:-2]}
+    assert str(models / "whisper" / "large-v3-turbo.pt") in rows["transcribe"]
+    assert str(models / "demucs") in rows["separate"]
+    assert "no (hub download on first use)" in rows["denoise"] and "HF_TOKEN" in rows["diarize"]

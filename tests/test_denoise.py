@@ -25,12 +25,12 @@ from voxflow.tasks.denoise import (
     denoise,
     denoise_at_model_rate,
     load_denoise_model,
-    local_denoise_model,
     lookahead_samples,
     plan_chunks,
 )
 from voxflow.tasks.helpers import audio
-from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, local_denoise_model
+from voxflow.tasks.kit.models import ModelNotFound
 
 BABBLE = CORPUS / "denoise_babble" / "speech_bab_0dB.wav"  # 3.1 s, 16 kHz mono
 CONVERSATION = CORPUS / "diar_2spk_pyannote" / "sample.wav"  # 30 s, 16 kHz mono (the first 15 s are used)

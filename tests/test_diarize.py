@@ -24,12 +24,13 @@ from voxflow.tasks.diarize import (
     diarize,
     diarize_audio,
     load_diarize_model,
-    local_folder_name,
     waveform_input,
 )
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.helpers.speakers import parse_rttm, to_rttm
-from voxflow.tasks.kit.models import MODEL_SOURCES, GatedModelError, ModelNotFound, ModelSettings
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES
+from voxflow.tasks.kit.model_sources import hub_folder_name as local_folder_name
+from voxflow.tasks.kit.models import GatedModelError, ModelNotFound, ModelSettings
 
 SAMPLE = CORPUS / "diar_2spk_pyannote" / "sample.wav"  # 30 s, 16 kHz mono, two speakers
 TIME_ATOL_S = 1e-6  # our turns vs the pipeline's own: the same floats, checked to a microsecond

@@ -34,14 +34,14 @@ from voxflow.tasks.enhance import (
     resample_tensor,
 )
 from voxflow.tasks.helpers import audio
-from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES, local_upsample_model
+from voxflow.tasks.kit.models import ModelNotFound
 from voxflow.tasks.networks.novasr import kaiser_sinc_lowpass
 from voxflow.tasks.upsample import (
     HUB_FILE,
     LIBRARY,
     UpsampleOptions,
     load_upsample_model,
-    local_upsample_model,
     read_checkpoint,
     upsample,
 )

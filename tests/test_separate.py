@@ -26,7 +26,8 @@ from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio
 from voxflow.tasks.ingest import NATIVE, ingest_file
-from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound, ModelSettings
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES
+from voxflow.tasks.kit.models import ModelNotFound, ModelSettings
 from voxflow.tasks.separate import (
     SeparateOptions,
     SeparateResult,

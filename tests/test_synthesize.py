@@ -23,7 +23,9 @@ from tests.conftest import CORPUS
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.store import open_store
 from voxflow.tasks.helpers import audio, quality
-from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound, ModelSettings
+from voxflow.tasks.kit.model_sources import MODEL_SOURCES
+from voxflow.tasks.kit.model_sources import hub_folder_name as local_folder_name
+from voxflow.tasks.kit.models import ModelNotFound, ModelSettings
 from voxflow.tasks.synthesize import (
     DEFAULT_MODELS,
     LIBRARY,
@@ -36,7 +38,6 @@ from voxflow.tasks.synthesize import (
     VoicePromptOptions,
     crossfade_join,
     load_tts_model,
-    local_folder_name,
     max_new_tokens_for,
     model_revision,
     split_text,

@@ -439,7 +439,8 @@ def test_options_are_validated_with_clear_errors():
 def test_loader_finds_the_tiny_turbo_in_the_model_folder(tiny_models):
     import whisper
 
-    from voxflow.tasks.kit.models import MODEL_SOURCES, ModelNotFound
+    from voxflow.tasks.kit.model_sources import MODEL_SOURCES
+    from voxflow.tasks.kit.models import ModelNotFound
     from voxflow.tasks.testing.random_models.whisper import TINY_DIMS
 
     settings = tiny_models.settings("whisper")

@@ -9,20 +9,14 @@ from voxflow.flows.cli.common import print_rows
 
 
 def _settings(args: argparse.Namespace):
-    from voxflow.flows.environment import model_settings
+    from voxflow.flows.settings import model_settings
 
     settings = model_settings(args.models_block)
     return replace(settings, model_dir=args.model_dir) if args.model_dir else settings
 
 
 def _sources() -> dict:
-    import voxflow.tasks.denoise  # noqa: F401  (each stage module registers its model source)
-    import voxflow.tasks.diarize  # noqa: F401
-    import voxflow.tasks.separate  # noqa: F401
-    import voxflow.tasks.synthesize  # noqa: F401
-    import voxflow.tasks.transcribe  # noqa: F401
-    import voxflow.tasks.upsample  # noqa: F401
-    from voxflow.tasks.kit.models import MODEL_SOURCES
+    from voxflow.tasks.kit.model_sources import MODEL_SOURCES  # plain data: neither Prefect nor torch
 
     return MODEL_SOURCES
 

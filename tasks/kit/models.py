@@ -307,28 +307,3 @@ class ResidentModels:
 
 
 RESIDENT = ResidentModels()
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A stage's default model: how to download it into the model folder and tell if it is there."""
-
-    stage: str
-    library: str  # subfolder of the model dir
-    name: str  # default name (e.g. "large-v3", "htdemucs", "pyannote/speaker-diarization-community-1")
-    pull: Callable[[str, ModelSettings], Path]  # downloads ``name`` into the model folder, returns its path
-    present: Callable[[str, ModelSettings], Path | None]  # its local path when present
-    gated: bool = False
-    setting: str | None = None  # the ModelSettings field that names another default (e.g. whisper_model)
-
-    def model(self, settings: ModelSettings) -> str:
-        """The model the stage uses by default under ``settings``."""
-        return (getattr(settings, self.setting) if self.setting else None) or self.name
-
-
-MODEL_SOURCES: dict[str, ModelSource] = {}
-
-
-def register_model_source(source: ModelSource) -> ModelSource:
-    MODEL_SOURCES[source.stage] = source
-    return source
