@@ -52,14 +52,13 @@ def ten_minutes_flac(tmp_path_factory):
     return path
 
 
-def test_warm_rerun_is_all_cache_hits_and_a_small_fraction_of_the_cold_run(tmp_path, use_store, ten_minutes_flac):
+def test_warm_rerun_is_all_cache_hits(tmp_path, use_store, ten_minutes_flac):
+    """Every stage of a re-run is a cache hit with the same result. How long a warm re-run takes against a
+    cold one is measured by bench/bench_e2e.py, not asserted here: a flow run's end waits 0-1 s on
+    Prefect's heartbeat thread, which made a bound on the ratio flaky."""
     catalog = use_store(StoreSettings(location=str(tmp_path / "store")))
-    started = time.perf_counter()
     cold = chain(paths=[str(ten_minutes_flac)])
-    cold_s = time.perf_counter() - started
-    started = time.perf_counter()
     warm = chain(paths=[str(ten_minutes_flac)])
-    warm_s = time.perf_counter() - started
 
     assert cold.outcomes[0].stages == ("ingest", "gain", "levels")
     assert warm.outcomes[0].status == "cached" and warm.outcomes[0].stages == ()
@@ -67,8 +66,6 @@ def test_warm_rerun_is_all_cache_hits_and_a_small_fraction_of_the_cold_run(tmp_p
     assert _computed(catalog) == {"ingest": 1, "gain": 1, "levels": 1}
     runs = catalog.frame("stage_runs")
     assert sorted(runs[runs["cache_hit"]]["stage"]) == ["gain", "ingest", "levels"]
-    print(f"cold {cold_s:.2f} s, warm {warm_s:.2f} s, ratio {warm_s / cold_s:.3f}")
-    assert warm_s <= 0.20 * cold_s  # a recomputed stage alone would cost about a third of the cold run
 
 
 def test_changing_one_stage_option_recomputes_that_stage_and_what_follows(tmp_path, use_store):
