@@ -45,7 +45,6 @@ NO_BLOCK_REGISTRATION = {
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
     "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
 }
-PORT_IN_USE_EXIT = 3  # uvicorn's exit status when its port was taken meanwhile
 
 
 def create_app() -> Any:
@@ -121,12 +120,10 @@ class EarlyServer:
         """Return once the server answers its health check; raise ServerNotStarted if it cannot."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process.poll() == PORT_IN_USE_EXIT:
-                self.process = self._start()
-                os.environ["PREFECT_API_URL"] = self.api_url
-            elif self.process.poll() is not None:
+            if self.process.poll() is not None:  # uvicorn's 3: its start failed (a port taken, a database)
                 raise ServerNotStarted(
-                    f"the Prefect API server this command started exited ({self.process.returncode})"
+                    f"the Prefect API server this command started exited with status {self.process.returncode} "
+                    f"(its error is printed above; PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')})"
                 )
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:

@@ -169,3 +169,15 @@ def test_models_list_finds_the_models_without_importing_prefect_or_torch(tmp_pat
     assert str(models / "whisper" / "large-v3-turbo.pt") in rows["transcribe"]
     assert str(models / "demucs") in rows["separate"]
     assert "no (hub download on first use)" in rows["denoise"] and "HF_TOKEN" in rows["diarize"]
+
+
+def test_an_api_server_that_cannot_start_fails_the_command_at_once(run_cli, tmp_path):
+    """Prefect cannot create a PREFECT_HOME whose parent is missing, so its server exits at start-up; Prefect's own
+    start-up loop retried it until its timeout (120 s here). The command says so at once, in one line."""
+    import time
+
+    started = time.monotonic()
+    result = run_cli("ingest", str(CORPUS / "asr_en_jfk" / "jfk.flac"), env={"PREFECT_HOME": str(tmp_path / "a" / "b")})
+    assert result.returncode == 1 and time.monotonic() - started < 60
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "the Prefect API server this command started exited with status 3" in line and str(tmp_path / "a") in line
