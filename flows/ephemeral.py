@@ -100,17 +100,14 @@ class EarlyServer:
     """Prefect's ephemeral API server, started by :func:`start_early` before the command's imports."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = {**environ, **SERVER_ENV, **NO_BLOCK_REGISTRATION, PARENT_ENV: str(os.getpid())}
-        self.process = self._start()
-        atexit.register(self.stop)
-
-    def _start(self) -> subprocess.Popen:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = [sys.executable, "-m", "uvicorn", "--factory", FACTORY, "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        return subprocess.Popen(command, env=self.environ)
+        server_env = {**environ, **SERVER_ENV, **NO_BLOCK_REGISTRATION, PARENT_ENV: str(os.getpid())}
+        self.process = subprocess.Popen(command, env=server_env)
+        atexit.register(self.stop)
 
     @property
     def api_url(self) -> str:
@@ -118,6 +115,7 @@ class EarlyServer:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Return once the server answers its health check; raise ServerNotStarted if it cannot."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:  # uvicorn's 3: its start failed (a port taken, a database)
@@ -126,7 +124,7 @@ class EarlyServer:
                     f"(its error is printed above; PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')})"
                 )
             try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
+                with direct.open(f"{self.api_url}/health", timeout=2) as answer:
                     if answer.status == 200:
                         return
             except (urllib.error.URLError, OSError):
