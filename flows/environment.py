@@ -53,9 +53,10 @@ def _saved_results(api_url: str | None, results: Any) -> Any:
     key = (api_url, results.block_name())
     with _SAVED_LOCK:
         if key not in _SAVED:
-            _SAVED[key] = _load_same(results) or results
-            if _SAVED[key] is results:
+            saved = _load_same(results)
+            if saved is None:
                 results.save(results.block_name(), overwrite=True)
+            _SAVED[key] = saved or results
         return _SAVED[key]
 
 

@@ -61,8 +61,7 @@ if TYPE_CHECKING:
 
 STAGE = "denoise"
 CODE_VERSION = "1"
-SOURCE = MODEL_SOURCES[STAGE]
-LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # <model dir>/denoiser/<name>.th
+LIBRARY, DEFAULT_MODEL = MODEL_SOURCES[STAGE].library, MODEL_SOURCES[STAGE].name  # <model dir>/denoiser/<name>.th
 PRETRAINED = ("dns48", "dns64", "master64")  # names denoiser.pretrained downloads
 AUDIO_NAME = "denoised.wav"
 STD_BLOCK_SAMPLES = 1 << 20  # samples per block when measuring a channel's level (8 MB of float64)

@@ -55,8 +55,10 @@ from voxflow.tasks.kit.stage import StageSpec, stage_task
 
 STAGE = "diarize"
 CODE_VERSION = "1"
-SOURCE = MODEL_SOURCES[STAGE]
-LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # <model dir>/pyannote/<repository name>/
+LIBRARY, DEFAULT_MODEL = (
+    MODEL_SOURCES[STAGE].library,
+    MODEL_SOURCES[STAGE].name,
+)  # <model dir>/pyannote/<repository name>/
 HUB_URL = "https://hf.co/{name}"  # where a gated pipeline's conditions are accepted
 SAMPLE_RATE_HZ = 16_000  # what the pipeline's models take
 RTTM_NAME = "diarization.rttm"

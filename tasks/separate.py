@@ -51,8 +51,10 @@ if TYPE_CHECKING:
 
 STAGE = "separate"
 CODE_VERSION = "1"
-SOURCE = MODEL_SOURCES[STAGE]
-LIBRARY, DEFAULT_MODEL = SOURCE.library, SOURCE.name  # a demucs local repo (<name>.yaml bags, <sig>[-<checksum>].th)
+LIBRARY, DEFAULT_MODEL = (
+    MODEL_SOURCES[STAGE].library,
+    MODEL_SOURCES[STAGE].name,
+)  # a demucs local repo (<name>.yaml bags, <sig>[-<checksum>].th)
 VOCALS = "vocals"  # the stem kept apart; every other stem is summed into the accompaniment
 VOCALS_NAME = "vocals.wav"
 ACCOMPANIMENT_NAME = "accompaniment.wav"

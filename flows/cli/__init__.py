@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from voxflow import __version__
+from voxflow.flows import registry
 
 COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "ingest": ("files", "decode, measure and store audio files as 16 kHz mono WAV"),
@@ -31,15 +32,15 @@ COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "serve": ("serve", "serve every flow as a deployment on this machine (flow.serve)"),
 }
 
-RUNS_FLOWS = {  # command: the module under voxflow.flows of the flow it runs
-    "ingest": "ingest",
-    "ingest-folder": "ingest_folder",
-    "transcribe": "transcribe",
-    "separate": "separate",
-    "lipsync": "lipsync_features",
-    "clone": "clone_enhanced",
-    "synth": "synthesize",
-    "replace": "voice_replace",
+RUNS_FLOWS = {  # command: the flow it runs
+    "ingest": registry.INGEST,
+    "ingest-folder": registry.INGEST_FOLDER,
+    "transcribe": registry.TRANSCRIBE,
+    "separate": registry.SEPARATE,
+    "lipsync": registry.LIPSYNC_FEATURES,
+    "clone": registry.CLONE_ENHANCED,
+    "synth": registry.SYNTHESIZE,
+    "replace": registry.VOICE_REPLACE,
 }
 
 RUN_IMPORTS = (  # what a flow run imports on its way (Prefect's engines, its parameter encoder, the catalog)
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(command).parse_args(argv)  # after quiet_prefect: Prefect reads its logging settings once
         if server is not None:  # import what the run needs meanwhile, then wait for the server
-            for module in (f"voxflow.flows.{RUNS_FLOWS[command]}", *RUN_IMPORTS):
+            for module in (f"voxflow.flows.{RUNS_FLOWS[command].module}", *RUN_IMPORTS):
                 importlib.import_module(module)
             server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         elif command in RUNS_FLOWS:  # Prefect may start its ephemeral server after all: it must not outlive us
