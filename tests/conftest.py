@@ -12,6 +12,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "VOXFLOW_STORAGE"):
     os.environ.pop(name, None)
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -140,6 +142,20 @@ def use_models(tiny_models, monkeypatch):
         return folder
 
     return use
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``voxflow ...`` in a clean environment: ephemeral Prefect API, store in ./.voxflow."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    base.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    voxflow = Path(sys.executable).with_name("voxflow")
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        command, environment = [str(voxflow), *args], {**base, **(env or {})}
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+
+    return run
 
 
 @pytest.fixture(scope="session")

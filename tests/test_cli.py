@@ -17,20 +17,6 @@ from tests.synth import tone_and_noise, write_audio
 JFK_SHA256 = "63a4b1e4c1dc655ac70961ffbf518acd249df237e5a0152faae9a4a836949715"
 
 
-@pytest.fixture
-def run_cli(tmp_path):
-    """Run ``voxflow ...`` in a clean environment: ephemeral Prefect API, store in ./.voxflow."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
-    base.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    voxflow = Path(sys.executable).with_name("voxflow")
-
-    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        command, environment = [str(voxflow), *args], {**base, **(env or {})}
-        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
-
-    return run
-
-
 def test_ingest_then_cache_hit_with_one_catalog_row(run_cli, tmp_path):
     jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
     first = run_cli("ingest", jfk)

@@ -106,3 +106,12 @@ def test_a_command_runs_on_the_server_of_the_users_profile(prefect_server, tmp_p
     completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
     assert [run["name"] for run in servers.api_post(prefect_server, "/flow_runs/filter", completed)]
     assert not list((tmp_path / "user-prefect").glob("*.db"))  # no ephemeral server kept a database there
+
+    # voxflow doctor reaches the same server through the profile and finds its scheduler on
+    doctor = subprocess.run(
+        [str(BIN / "voxflow"), "doctor", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    found = {f["check"]: f for f in json.loads(doctor.stdout)}
+    assert found["prefect api"]["status"] == "ok" and url in found["prefect api"]["detail"]
+    assert found["scheduler"]["status"] == "ok"
+    assert found["database"]["status"] == "warn" and "SQLite" in found["database"]["detail"]

@@ -41,6 +41,7 @@ from pydantic import SecretStr
 MODEL_DIR_ENV = "VOXFLOW_MODEL_DIR"
 WHISPER_MODEL_ENV = "VOXFLOW_WHISPER_MODEL"
 WHISPER_BACKEND_ENV = "VOXFLOW_WHISPER_BACKEND"
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"  # in a library's folder: which of its models have random weights
 Device = Literal["auto", "cpu", "cuda"]
 WhisperBackend = Literal["whisper", "faster-whisper"]
 
@@ -107,6 +108,13 @@ class ModelSettings:
         if self.folder is None:
             raise ModelNotFound(f"no model folder: set {MODEL_DIR_ENV} or the voxflow-models Block's model_dir")
         return self.folder / library
+
+
+def random_weight_libraries(settings: ModelSettings) -> list[str]:
+    """The model folder's library folders that hold random-weight test models (``voxflow models build-random``)."""
+    if settings.folder is None or not settings.folder.is_dir():
+        return []
+    return sorted(marker.parent.name for marker in settings.folder.glob(f"*/{RANDOM_WEIGHTS_MARKER}"))
 
 
 def resolve_device(device: str) -> str:
