@@ -29,7 +29,7 @@ from voxflow.storage.sources import SourceChanging, SourceEntry, list_sources
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 from voxflow.tasks.kit.caching import params_hash
 from voxflow.tasks.kit.runs import caused_by, failed_stage, failure_reason, is_transient
-from voxflow.tasks.kit.stage import artifact_refs
+from voxflow.tasks.kit.stage import artifact_refs, file_label
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
@@ -195,6 +195,12 @@ def file_outcome(
     return FileOutcome(source_uri, "done" if computed else "cached", result, stages=computed, lines=lines)
 
 
+def submit_file(pipeline: FilePipeline, source: str, options: Any, env: Environment) -> dict[str, PrefectFuture]:
+    """Submit one file's stage tasks, their runs named after the file (``transcribe · jfk.flac``)."""
+    with file_label(env.name_of(source)):
+        return pipeline.submit(source, options, env)
+
+
 def run_files(
     pipeline: FilePipeline,
     sources: Sequence[str],
@@ -214,7 +220,7 @@ def run_files(
         while pending and len(running) < max(parallel_files, 1):
             source = pending.pop()
             try:
-                futures = pipeline.submit(source, options, env)
+                futures = submit_file(pipeline, source, options, env)
             except Exception as e:  # one bad file never stops the others
                 outcomes[source] = failed_outcome(source, e)
                 progress(len(outcomes), len(sources))
@@ -250,7 +256,7 @@ def run_waiting_files(
     outcomes: dict[str, FileOutcome] = {}
     with ThreadPoolExecutor(max_workers=max(parallel_files, 1), thread_name_prefix=pipeline.name) as pool:
         running = {
-            pool.submit(contextvars.copy_context().run, pipeline.submit, source, options, env): source
+            pool.submit(contextvars.copy_context().run, submit_file, pipeline, source, options, env): source
             for source in sources
         }
         for done in threads_completed(running):

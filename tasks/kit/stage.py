@@ -24,7 +24,10 @@ import functools
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +41,7 @@ from prefect.transactions import IsolationLevel
 
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.errors import ObjectNotFound
-from voxflow.storage.keys import result_record_key
+from voxflow.storage.keys import result_record_key, source_name
 from voxflow.storage.refs import ArtifactRef
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import source_sha256
@@ -46,6 +49,7 @@ from voxflow.storage.store import ArtifactStore, shared_store
 from voxflow.tasks.kit.caching import params_hash, stage_cache_key
 from voxflow.tasks.kit.gpu import gpu_guard
 from voxflow.tasks.kit.locks import FileLockManager
+from voxflow.tasks.kit.models import random_weight_libraries
 from voxflow.tasks.kit.runs import StageRun, note_failure, record_stage_run, retry_transient, stage_run_row
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,19 @@ log = logging.getLogger(__name__)
 RETRIES = 3
 RETRY_BACKOFF_S = 0.5  # first retry after ~0.5 s, then 1 s, 2 s (plus jitter)
 RETRY_JITTER = 0.5
+HIDDEN_SUMMARY = ("sha256", "rttm")  # summary values a log line leaves out (hash prefixes)
+
+FILE_LABEL: ContextVar[str | None] = ContextVar("voxflow_file_label", default=None)
+
+
+@contextmanager
+def file_label(name: str) -> Iterator[None]:
+    """Stage tasks submitted inside name their runs ``<stage> · <name>`` (the file a parallel lane works on)."""
+    token = FILE_LABEL.set(name)
+    try:
+        yield
+    finally:
+        FILE_LABEL.reset(token)
 
 
 @dataclass(frozen=True)
@@ -158,9 +175,56 @@ class StageCachePolicy(CachePolicy):
         return identity.cache_key
 
 
+def _task_run_name(spec: StageSpec, input_names: tuple[str, ...]) -> Callable[..., str]:
+    """``transcribe · jfk.flac``: the stage and the file it runs on (the label it was submitted under, else
+    the name of a source-URI input), so the Prefect UI tells parallel lanes apart."""
+
+    def name(parameters: dict[str, Any]) -> str:
+        label, source = FILE_LABEL.get(), parameters.get(input_names[0])
+        if label is None and isinstance(source, str):
+            label = source_name(source)
+        return f"{spec.name} · {label}" if label else spec.name
+
+    return name
+
+
+def _log_computed(spec: StageSpec, parameters: dict[str, Any], result: Any, elapsed_s: float, device: str) -> None:
+    """One line a user reads in the run's logs: the stage, the file, the time (× real time), the device and
+    what the result says (language, speakers, ...)."""
+    from prefect.logging import get_run_logger
+
+    facts = [f"{elapsed_s:.1f} s"]
+    audio_s = next((r.duration_s for r in artifact_refs(parameters) if r.duration_s), None)
+    if audio_s:
+        facts.append(f"{audio_s:.1f} s of audio, {audio_s / max(elapsed_s, 1e-6):.1f}× real time")
+    facts.append(f"on {device}")
+    if spec.model_revision:
+        facts.append(f"model {spec.model_revision}")
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        facts += [f"{k} {v}" for k, v in summary().items() if k not in HIDDEN_SUMMARY and v not in (None, "")]
+    logger = get_run_logger()
+    logger.info("%s: %s", TaskRunContext.get().task_run.name, ", ".join(facts))
+    models = parameters.get("models")
+    randoms = random_weight_libraries(models) if models is not None else []
+    if randoms:
+        logger.warning("random-weight test models in %s: this output is noise", ", ".join(randoms))
+
+
+class _QuietHook(logging.Filter):
+    """Drop Prefect's two lines around :func:`record_cache_hit` ("Running hook ... in response to entering
+    state 'Completed'") on every stage run: it does nothing but on a cache hit, and then says so itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'record_cache_hit'" not in record.getMessage()
+
+
+logging.getLogger("prefect.task_runs").addFilter(_QuietHook())
+
+
 def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable:
     def record_cache_hit(task_: Task, task_run: Any, state: Any) -> None:
-        if state.name != "Cached":
+        if state.name != "Cached":  # a computed run: its row was written as it ran
             return
         context = TaskRunContext.get()
         # the parameters as submitted: upstream results may still be (finished) futures
@@ -176,6 +240,9 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
             task_run_id=str(task_run.id),
             attempt=max(task_run.run_count, 1),
         )
+        from prefect.logging import get_run_logger
+
+        get_run_logger().info("%s: cached (computed before, key %s)", task_run.name, identity.cache_key[:12])
         now = datetime.now(UTC)
         catalog = Catalog(shared_store(parameters["settings"]))
         catalog.append("stage_runs", [stage_run_row(run, status="completed", started=now, ended=now, duration_s=0.0)])
@@ -204,12 +271,15 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             models = parameters.get("models")  # a model stage's ModelSettings: the device its row records
             if models is not None:
                 stage_run.device = models.torch_device()
+            started = time.perf_counter()
             try:
                 with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
-                    return fn(*args, **kwargs)
+                    result = fn(*args, **kwargs)
             except Exception as e:
                 note_failure(e, spec.name)  # the stage and the library that raised it, for the user's one line
                 raise
+            _log_computed(spec, parameters, result, time.perf_counter() - started, stage_run.device)
+            return result
 
         policy = StageCachePolicy(
             spec=spec,
@@ -219,6 +289,7 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
         )
         return task(
             name=spec.name,
+            task_run_name=_task_run_name(spec, input_names),
             cache_policy=policy,
             retries=retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
