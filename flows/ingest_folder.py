@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
 
 from voxflow.flows import registry
 from voxflow.flows.environment import environment
@@ -21,14 +20,15 @@ from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FileOutcome,
     FilePipeline,
-    FilesFailed,
     ParallelFiles,
     RunReport,
+    files_markdown,
+    final_state,
     processed_rows,
     run_files,
     threaded_flow,
 )
-from voxflow.flows.reporting import Progress, publish_table
+from voxflow.flows.reporting import Progress, publish_markdown, publish_table
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.errors import StorageError
 from voxflow.storage.sources import SourceEntry, list_sources
@@ -74,17 +74,6 @@ def record_processed(catalog: Catalog, rows: list[dict]) -> tuple[str, ...]:
     return ()
 
 
-def _final_state(report: RunReport) -> State | RunReport:
-    if report.problems:
-        return Failed(message=report.state_message(), data=FilesFailed(report))
-    if not report.failed:
-        return Completed(message=report.summary(), data=report)
-    partial = len(report.failed) < len(report.outcomes)
-    return Failed(
-        name="Partially failed" if partial else "Failed", message=report.state_message(), data=FilesFailed(report)
-    )
-
-
 @threaded_flow(registry.INGEST_FOLDER.name)
 def ingest_folder(
     source: str,
@@ -99,9 +88,9 @@ def ingest_folder(
 
     Args:
         source: Local folder or s3://bucket/prefix to scan for audio files.
-        pattern: fnmatch pattern on the paths below the source; * also crosses folders (e.g. */*.wav).
+        pattern: fnmatch pattern on the paths below the source; `*` also crosses folders (e.g. `*/*.wav`).
         pipeline: The flow to run on each new file.
-        params: That flow's options, e.g. {"sample_rate_hz": 16000} for ingest or {"run_denoise": true} for transcribe; empty for its defaults.
+        params: That flow's options, e.g. `{"sample_rate_hz": 16000}` for ingest or `{"run_denoise": true}` for transcribe; empty for its defaults.
         parallel_files: How many files are processed at once.
         storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
         models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
@@ -118,4 +107,5 @@ def ingest_folder(
     problems = record_processed(catalog, processed_rows(chosen, options, todo, outcomes, flow_run.get_id()))  # 6.
     report = RunReport(outcomes + earlier, problems)
     publish_table("ingest-folder-summary", [o.row() for o in report.outcomes], report.summary())  # 7. publish
-    return _final_state(report)
+    publish_markdown("ingest-folder-files", files_markdown(report, catalog.store))
+    return final_state(report)

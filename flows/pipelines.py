@@ -18,21 +18,25 @@ from typing import Annotated, Any
 
 from prefect import Flow, flow
 from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field, TypeAdapter, ValidationError
 
 from voxflow.flows.environment import Environment, environment
-from voxflow.flows.reporting import Progress, publish_table
+from voxflow.flows.reporting import Progress, markdown_preview, publish_markdown, publish_table
 from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
 from voxflow.storage.sources import SourceChanging, SourceEntry, list_sources
+from voxflow.storage.store import ArtifactStore, shared_store
 from voxflow.tasks.helpers.audio import SUPPORTED_FORMATS
 from voxflow.tasks.kit.caching import params_hash
+from voxflow.tasks.kit.markdown import markdown_text
 from voxflow.tasks.kit.runs import caused_by, failed_stage, failure_reason, is_transient
 from voxflow.tasks.kit.stage import artifact_refs, file_label
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
+MARKDOWN_FILES = 200  # files listed in a run's Markdown artifact (failed ones first)
 ParallelFiles = Annotated[int, Field(ge=1, le=MAX_THREADS)]  # the flows' ``parallel_files`` parameter
 Submit = Callable[[str, Any, Environment], dict[str, PrefectFuture]]
 Describe = Callable[[Any, StoreSettings], tuple[str, ...]]
@@ -119,16 +123,37 @@ class FileOutcome:
         return {ref.uri.rsplit("/", 1)[-1]: ref.uri for ref in artifact_refs(self.result)}
 
     def row(self) -> dict:
-        """One row of the summary table: the file, its status, what the result says of it, links."""
+        """One row of the summary table: the file, its status and error, what the result says of it, the names
+        of its outputs (where they are: :func:`files_markdown`)."""
         summary = getattr(self.result, "summary", None)
         return {
             "file": self.name,
             "status": self.status,
+            "error": ": ".join(p for p in (self.failed_stage, self.error) if p),
             "computed": ", ".join(self.stages),
             **(summary() if callable(summary) else {}),
-            "outputs": ", ".join(f"[{name}]({uri})" for name, uri in self.outputs.items()),
-            "error": ": ".join(p for p in (self.failed_stage, self.error) if p),
+            "outputs": ", ".join(self.outputs),
         }
+
+    def markdown(self, store: ArtifactStore) -> str:
+        """The file's section of :func:`files_markdown`: status, error, its outputs where a person opens them
+        (presigned links on S3, paths on a local store) and a preview of what the result says."""
+        parts = [f"### {markdown_text(self.name)} · {self.status}"]
+        if self.status == "failed":
+            parts.append(f"> {markdown_text(self.message)}")
+        links = [(name, store.link(key) if (key := store.key_of(uri)) else uri) for name, uri in self.outputs.items()]
+        if any(url.startswith("http") for _, url in links):  # presigned: each name opens its object
+            parts.append(" · ".join(f"[{markdown_text(name)}]({url})" for name, url in links))
+        elif links:  # paths: one line per folder, its file names after it
+            folders: dict[str, list[str]] = {}
+            for name, path in links:
+                folders.setdefault(path.rsplit("/", 1)[0] + "/", []).append(name)
+            parts.append(
+                "\n".join(f"- `{folder}` {', '.join(map(markdown_text, names))}" for folder, names in folders.items())
+            )
+        if self.lines:
+            parts += ["**Preview**", markdown_preview(self.lines)]
+        return "\n\n".join(parts)
 
 
 @dataclass(frozen=True)
@@ -157,6 +182,17 @@ class RunReport:
         failed = "; ".join(o.message for o in self.failed)
         parts = [self.summary(), *([f"failed: {failed}"] if failed else []), *self.problems]
         return "; ".join(parts)
+
+
+def files_markdown(report: RunReport, store: ArtifactStore) -> str:
+    """A Markdown artifact of the run: its summary, then each file (failed first) with its outputs and preview."""
+    ordered = sorted(report.outcomes, key=lambda o: o.status != "failed")
+    sections = [o.markdown(store) for o in ordered[:MARKDOWN_FILES]]
+    more = len(ordered) - MARKDOWN_FILES
+    tail = (
+        [f"... and {more} more file(s): the `processed` and `artifacts` catalog tables list them"] if more > 0 else []
+    )
+    return "\n\n".join([f"**{markdown_text(report.state_message())}**", *sections, *tail])
 
 
 class FilesFailed(Exception):
@@ -302,6 +338,18 @@ def processed_rows(
     return rows
 
 
+def final_state(report: RunReport) -> State:
+    """The flow run's state: ``Completed`` with the summary, else ``Partially failed`` (some files failed) or
+    ``Failed`` (all of them, or the run's own problem), each naming the failed files; a failed state raises
+    :class:`FilesFailed` (with the report) to a Python caller."""
+    if not report.failed and not report.problems:
+        return Completed(message=report.summary(), data=report)
+    partial = not report.problems and len(report.failed) < len(report.outcomes)
+    return Failed(
+        name="Partially failed" if partial else "Failed", message=report.state_message(), data=FilesFailed(report)
+    )
+
+
 def run_pipeline(
     pipeline: FilePipeline,
     paths: Sequence[str],
@@ -309,17 +357,14 @@ def run_pipeline(
     parallel_files: int,
     storage_block: str | None,
     models_block: str | None = None,
-) -> RunReport:
-    """A flow's body over many files: choose the environment, list the files, run each, publish.
-
-    Raises :class:`FilesFailed` (carrying the report) when any file failed.
-    """
+) -> State:
+    """A flow's body over many files: choose the environment, list the files, run each, publish; the flow
+    run's final state (:func:`final_state`)."""
     env = environment(storage_block, models_block)
     entries = list_sources(paths, env.settings, SUPPORTED_FORMATS)
     env, sources = env.naming(entries), [e.uri for e in entries]
     progress = Progress(pipeline.name, len(sources))
     report = RunReport(run_files(pipeline, sources, options, env, parallel_files, progress))
     publish_table(f"{pipeline.name}-summary", [o.row() for o in report.outcomes], report.summary())
-    if report.failed:
-        raise FilesFailed(report)
-    return report
+    publish_markdown(f"{pipeline.name}-files", files_markdown(report, shared_store(env.settings)))
+    return final_state(report)

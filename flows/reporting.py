@@ -13,6 +13,27 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext
 
+from voxflow.tasks.kit.markdown import markdown_text
+
+PREVIEW_LINES = 20  # lines of a result (e.g. a transcript) a Markdown artifact shows per file
+TRANSCRIPT_LINE = re.compile(r"^\[(?P<speaker>\S+) (?P<time>[0-9:.]+)\] (?P<text>.*)$")  # [SPEAKER_00 0:01.2] text
+
+
+def markdown_preview(lines: Sequence[str]) -> str:
+    """The first :data:`PREVIEW_LINES` lines of a result as a Markdown list; a ``[SPEAKER 0:01.2] text`` line
+    shows its speaker in bold and its time as code."""
+    items = []
+    for line in lines[:PREVIEW_LINES]:
+        turn = TRANSCRIPT_LINE.match(line)
+        items.append(
+            f"- **{markdown_text(turn['speaker'])}** `{turn['time']}` {markdown_text(turn['text'])}"
+            if turn
+            else f"- {markdown_text(line)}"
+        )
+    if len(lines) > PREVIEW_LINES:
+        items.append(f"- ... {len(lines) - PREVIEW_LINES} more line(s)")
+    return "\n".join(items)
+
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")

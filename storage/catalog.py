@@ -199,6 +199,8 @@ STAGE_RUNS = TableSpec(
             ("peak_cuda_bytes", pa.int64()),  # null when no GPU was used
             ("error_class", pa.string()),
             ("error_message", pa.string()),
+            ("file", pa.string()),  # the source file, as the run named it (e.g. mic-a/take.wav)
+            ("audio_s", pa.float64()),  # the duration of the audio the stage worked on
             ("recorded_at", TIMESTAMP),
         ]
     ),

@@ -99,6 +99,9 @@ def _verify(uri: str, data: bytes, expected: str | None) -> bytes:
     return data
 
 
+LINK_EXPIRY_S = 7 * 24 * 3600  # a presigned link's life: SigV4's longest
+
+
 class ArtifactStore(ABC):
     """Write-once objects addressed by keys below one root (a folder or a bucket prefix)."""
 
@@ -113,6 +116,11 @@ class ArtifactStore(ABC):
     @abstractmethod
     def key_of(self, uri: str) -> str | None:
         """The key of a URI of this store, or None when the URI lies elsewhere."""
+
+    @abstractmethod
+    def link(self, key: str) -> str:
+        """Where a person opens the object: a presigned ``https://`` URL (S3), or the file's path (local;
+        browsers do not open ``file://`` links from a web page)."""
 
     def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
         """Store a local file under the key (streamed; multipart on S3 when large)."""
@@ -185,6 +193,9 @@ class LocalStore(ArtifactStore):
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def link(self, key: str) -> str:
+        return str(self._path(key))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -322,6 +333,7 @@ class S3Store(ArtifactStore):
             aws_session_token=s.session_token,
             config=Config(
                 retries={"mode": "standard", "max_attempts": self.max_attempts},
+                signature_version="s3v4",  # also for presigned links (boto's default there may be SigV2)
                 connect_timeout=CONNECT_TIMEOUT_S,
                 read_timeout=READ_TIMEOUT_S,
             ),
@@ -337,6 +349,11 @@ class S3Store(ArtifactStore):
     def key_of(self, uri: str) -> str | None:
         root = f"s3://{self.bucket}/{self.prefix}/" if self.prefix else f"s3://{self.bucket}/"
         return uri[len(root) :] if uri.startswith(root) else None
+
+    def link(self, key: str) -> str:
+        """A GET URL signed for :data:`LINK_EXPIRY_S` (the signature, never the secret key, is in it)."""
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=LINK_EXPIRY_S)
 
     def _error(self, key: str, action: str, e: Exception, uri: str | None = None) -> StorageError:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -113,6 +113,15 @@ def whisper_languages() -> dict[str, str]:
     return LANGUAGES
 
 
+def language_choices(schema: dict[str, Any]) -> None:
+    """The UI form's language dropdown: 'auto' and whisper's codes (read when the form's schema is made; a
+    plain text field where whisper is not installed)."""
+    try:
+        schema["enum"] = [AUTO_LANGUAGE, *sorted(whisper_languages())]
+    except ImportError:
+        pass
+
+
 ComputeType = Literal["auto", "int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32"]
 WHISPER_COMPUTE_TYPES = ("auto", "float16", "float32")  # openai-whisper runs float16 (CUDA) or float32
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # whisper's fallback schedule
@@ -144,7 +153,10 @@ class TranscribeOptions(Options):
     ] = "auto"
     language: Annotated[
         str,
-        Field(description="Whisper language code, or 'auto': detected on the first speech chunk (or per chunk)."),
+        Field(
+            description="Whisper language code, or 'auto': detected on the first speech chunk (or per chunk).",
+            json_schema_extra=language_choices,
+        ),
         AfterValidator(whisper_language),
     ] = AUTO_LANGUAGE
     language_per_chunk: Annotated[

@@ -36,7 +36,9 @@ def test_corpus_then_everything_already_processed(tmp_path, use_store):
     artifacts = _artifacts_of_run(first)
     assert artifacts["ingest-folder-progress"].data == 100.0
     table = artifacts["ingest-folder-summary"]
-    assert "jfk.flac" in str(table.data) and "/ingest/" in str(table.data)  # one row per file, links to outputs
+    assert "jfk.flac" in str(table.data) and "audio.wav" in str(table.data)  # one row per file, its outputs
+    files = artifacts["ingest-folder-files"].data  # where each output is: a path on a local store
+    assert f"`{tmp_path / 'store'}/artifacts/" in files and "/ingest/" in files and "file://" not in files
 
     second = ingest_folder(source=str(CORPUS)).summary()
     assert second == f"{CORPUS_FILES} file(s): 0 done, 0 cached, {CORPUS_FILES} already processed, 0 failed"

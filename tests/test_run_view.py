@@ -57,3 +57,64 @@ def test_task_runs_name_stage_and_file_and_logs_say_what_happened(tmp_path, use_
     assert sorted(run.name for run in runs) == ["diarize · jfk.flac", "ingest · jfk.flac", "transcribe · jfk.flac"]
     assert sum("cached (computed before, key" in m for m in logs) == 3
     assert not any("record_cache_hit" in m for m in logs)
+
+
+def _artifacts(flow_run_id: str) -> dict[str, object]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {artifact.key: artifact.data for artifact in found}
+
+
+def test_outputs_open_from_the_ui_presigned_on_s3(s3_settings, use_store):
+    import hashlib
+    import re
+    import urllib.request
+
+    from voxflow.flows.ingest import ingest
+
+    use_store(s3_settings)
+    report = ingest(paths=[str(JFK)])
+    artifacts = _artifacts(_latest_flow_run(s3_settings))
+    files = artifacts["ingest-files"]
+    assert "file://" not in files + str(artifacts["ingest-summary"])
+    (url,) = re.findall(r"\[audio\.wav\]\((http[^)]+)\)", files)
+    assert url.startswith(s3_settings.endpoint_url) and "X-Amz-Signature=" in url
+    assert s3_settings.secret_access_key not in url
+    with urllib.request.urlopen(url, timeout=10) as response:  # what a browser does with the link
+        body = response.read()
+    assert hashlib.sha256(body).hexdigest() == report.outcomes[0].result.artifact.sha256
+
+
+def test_outputs_on_a_local_store_are_paths_and_failed_files_say_why(tmp_path, use_store):
+    import json
+
+    from voxflow.flows.ingest import ingest
+    from voxflow.flows.pipelines import FilesFailed
+
+    settings = StoreSettings(location=str(tmp_path / "store"))
+    use_store(settings)
+    broken = tmp_path / "broken <take 1>.wav"
+    broken.write_bytes(b"RIFF" + b"\0" * 40)
+    with pytest.raises(FilesFailed):
+        ingest(paths=[str(JFK), str(broken)])
+    flow_run_id = _latest_flow_run(settings)
+    artifacts = _artifacts(flow_run_id)
+    files = artifacts["ingest-files"]
+    assert "file://" not in files and f"`{tmp_path / 'store'}/artifacts/" in files
+    assert "### broken \\<take 1\\>.wav · failed" in files  # the name as it is, not eaten as HTML
+    rows = (
+        json.loads(artifacts["ingest-summary"])
+        if isinstance(artifacts["ingest-summary"], str)
+        else artifacts["ingest-summary"]
+    )
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert list(failed)[:3] == ["file", "status", "error"] and failed["error"].startswith("ingest: ")
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    assert state.type.value == "FAILED" and state.name == "Partially failed"
+    assert "failed: broken <take 1>.wav: ingest:" in state.message

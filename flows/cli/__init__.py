@@ -28,6 +28,8 @@ COMMANDS = {  # command: (its module under voxflow.flows.cli, one line of help)
     "replace": ("replace", "replace one speaker's voice, keep every other sound, fit the original timing"),
     "models": ("models", "the model folder: list, pull, build random test models"),
     "catalog": ("catalog", "print the rows of a catalog table"),
+    "status": ("runs", "progress per file and stage of a flow run (or the latest runs)"),
+    "report": ("runs", "an HTML report of past runs: stage times, cache hits, retries, failures, throughput"),
     "doctor": ("doctor", "check this machine: packages, ffmpeg, GPU, store, models, HF token, Prefect API"),
     "blocks": ("blocks", "Prefect Block types for storage and models"),
     "serve": ("serve", "serve every flow as a deployment on this machine (flow.serve)"),

@@ -21,8 +21,31 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
+
+from voxflow.tasks.kit.markdown import markdown_text
+
+UNITS = {"s": "s", "ms": "ms", "hz": "Hz", "khz": "kHz", "db": "dB", "dbfs": "dBFS", "lufs": "LUFS"}  # name suffixes
+ACRONYMS = {"vad": "VAD", "hf": "HF", "id": "ID", "tts": "TTS", "wer": "WER", "cer": "CER", "snr": "SNR"}
+ACRONYMS |= {"rms": "RMS", "lufs": "LUFS", "dnsmos": "DNSMOS", "rttm": "RTTM", "qc": "QC", "url": "URL", "f0": "F0"}
+
+
+def option_title(name: str, field: Any = None) -> str:
+    """A form's title for an option: ``chunk_s`` is "Chunk (s)", ``sample_rate_hz`` "Sample rate (Hz)",
+    ``vad_min_silence_s`` "VAD min silence (s)" (pydantic's own would be "Chunk S", "Sample Rate Hz")."""
+    words = name.split("_")
+    unit = UNITS.get(words[-1]) if len(words) > 1 else None
+    text = " ".join(ACRONYMS.get(w, w) for w in (words[:-1] if unit else words))
+    text = text[:1].upper() + text[1:]
+    return f"{text} ({unit})" if unit else text
+
+
+def _markdown_descriptions(schema: dict[str, Any], cls: type) -> None:
+    """The UI renders descriptions as Markdown: ``<model dir>/<name>.pt`` and ``*/*.wav`` must show as written."""
+    for prop in schema.get("properties", {}).values():
+        if "description" in prop:
+            prop["description"] = markdown_text(prop["description"])
 
 
 class InvalidOptions(ValueError):
@@ -30,7 +53,10 @@ class InvalidOptions(ValueError):
 
 
 class Options:
-    """Base of options dataclasses: fields are checked against their declaration on construction."""
+    """Base of options dataclasses: fields are checked against their declaration on construction; their form
+    in the UI has titles with units and descriptions shown as written."""
+
+    __pydantic_config__ = ConfigDict(field_title_generator=option_title, json_schema_extra=_markdown_descriptions)
 
     def __post_init__(self) -> None:
         for name, adapter in _adapters(type(self)).items():

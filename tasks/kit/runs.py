@@ -220,6 +220,8 @@ class StageRun:
     task_run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 1
     oom_halvings: int = 0  # how often the batch was halved after running out of memory
+    file: str | None = None  # the source file it works on, as the run named it (e.g. mic-a/take.wav)
+    audio_s: float | None = None  # the duration of the audio it works on
 
 
 CURRENT_RUN: contextvars.ContextVar[StageRun | None] = contextvars.ContextVar("voxflow_stage_run", default=None)
@@ -263,6 +265,8 @@ def stage_run_row(
         "peak_cuda_bytes": peak_cuda_bytes,
         "error_class": type(error).__name__ if error else None,
         "error_message": str(error)[:ERROR_MESSAGE_CHARS] if error else None,
+        "file": run.file,
+        "audio_s": run.audio_s,
     }
 
 

@@ -175,14 +175,26 @@ class StageCachePolicy(CachePolicy):
         return identity.cache_key
 
 
+def _file_label(parameters: dict[str, Any], input_names: tuple[str, ...]) -> str | None:
+    """The file a stage run works on: the label it was submitted under, else the name of a source-URI input."""
+    label, source = FILE_LABEL.get(), parameters.get(input_names[0])
+    return source_name(source) if label is None and isinstance(source, str) else label
+
+
+def _audio_s(value: Any) -> float | None:
+    return next((ref.duration_s for ref in artifact_refs(value) if ref.duration_s), None)
+
+
+def _file_and_audio(parameters: dict[str, Any], input_names: tuple[str, ...]) -> tuple[str | None, float | None]:
+    """What a ``stage_runs`` row says of the input: the file's name and the audio's duration."""
+    return _file_label(parameters, input_names), _audio_s([parameters[name] for name in input_names])
+
+
 def _task_run_name(spec: StageSpec, input_names: tuple[str, ...]) -> Callable[..., str]:
-    """``transcribe · jfk.flac``: the stage and the file it runs on (the label it was submitted under, else
-    the name of a source-URI input), so the Prefect UI tells parallel lanes apart."""
+    """``transcribe · jfk.flac``: the stage and the file it runs on, so the Prefect UI tells parallel lanes apart."""
 
     def name(parameters: dict[str, Any]) -> str:
-        label, source = FILE_LABEL.get(), parameters.get(input_names[0])
-        if label is None and isinstance(source, str):
-            label = source_name(source)
+        label = _file_label(parameters, input_names)
         return f"{spec.name} · {label}" if label else spec.name
 
     return name
@@ -194,7 +206,7 @@ def _log_computed(spec: StageSpec, parameters: dict[str, Any], result: Any, elap
     from prefect.logging import get_run_logger
 
     facts = [f"{elapsed_s:.1f} s"]
-    audio_s = next((r.duration_s for r in artifact_refs(parameters) if r.duration_s), None)
+    audio_s = _audio_s(parameters)
     if audio_s:
         facts.append(f"{audio_s:.1f} s of audio, {audio_s / max(elapsed_s, 1e-6):.1f}× real time")
     facts.append(f"on {device}")
@@ -230,6 +242,7 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
         # the parameters as submitted: upstream results may still be (finished) futures
         parameters = {k: v.result() if isinstance(v, PrefectFuture) else v for k, v in context.parameters.items()}
         identity = identify(spec, parameters, input_names)
+        file, audio_s = _file_and_audio(parameters, input_names)
         run = StageRun(
             spec.name,
             identity.input_sha256,
@@ -239,6 +252,8 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
             flow_run_id=str(task_run.flow_run_id) if task_run.flow_run_id else None,
             task_run_id=str(task_run.id),
             attempt=max(task_run.run_count, 1),
+            file=file,
+            audio_s=audio_s or _audio_s(state.result()),
         )
         from prefect.logging import get_run_logger
 
@@ -268,6 +283,7 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             identity = identify(spec, parameters, input_names)
             catalog = Catalog(shared_store(parameters["settings"]))
             stage_run = StageRun(spec.name, identity.input_sha256, identity.params_hash, identity.cache_key)
+            stage_run.file, stage_run.audio_s = _file_and_audio(parameters, input_names)
             models = parameters.get("models")  # a model stage's ModelSettings: the device its row records
             if models is not None:
                 stage_run.device = models.torch_device()
@@ -275,6 +291,7 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             try:
                 with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
                     result = fn(*args, **kwargs)
+                    stage_run.audio_s = stage_run.audio_s or _audio_s(result)  # ingest: known once decoded
             except Exception as e:
                 note_failure(e, spec.name)  # the stage and the library that raised it, for the user's one line
                 raise
@@ -302,5 +319,9 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
 
 
 def with_results(stage: Task, result_storage: Any) -> Task:
-    """The stage task with its cache records on ``result_storage`` (a saved result-storage Block)."""
-    return stage.with_options(result_storage=result_storage)
+    """The stage task with its cache records on ``result_storage`` (a saved result-storage Block); inside
+    :func:`file_label`, named after the file too, so that a run which never starts (its upstream failed) is
+    ``transcribe · broken.wav-3f2`` in the UI, not ``transcribe-3f2``."""
+    label = FILE_LABEL.get()
+    named = {"name": f"{stage.name} · {label}"} if label else {}
+    return stage.with_options(result_storage=result_storage, **named)
