@@ -36,6 +36,7 @@ from voxflow.tasks.kit.stage import artifact_refs, file_label
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
+ROW_ERROR_CHARS = 60  # a summary row's error, cut to fit the table (the whole one: the run's state, its Markdown)
 MARKDOWN_FILES = 200  # files listed in a run's Markdown artifact (failed ones first)
 ParallelFiles = Annotated[int, Field(ge=1, le=MAX_THREADS)]  # the flows' ``parallel_files`` parameter
 Submit = Callable[[str, Any, Environment], dict[str, PrefectFuture]]
@@ -107,6 +108,7 @@ class FileOutcome:
     failed_stage: str | None = None  # the stage that failed (None: before any stage ran)
     lines: tuple[str, ...] = ()  # what the command line prints of the result (e.g. the transcript)
     label: str | None = None  # the name as listed (relative to the folder it was found in)
+    stage_outputs: tuple[tuple[str, str], ...] = ()  # (name, URI) of every stage's artifacts, in stage order
 
     @property
     def name(self) -> str:
@@ -122,17 +124,22 @@ class FileOutcome:
         """Artifact URIs of the final result, by artifact file name."""
         return {ref.uri.rsplit("/", 1)[-1]: ref.uri for ref in artifact_refs(self.result)}
 
+    @property
+    def every_output(self) -> dict[str, str]:
+        """Artifact URIs of every stage's result (e.g. the diarization's RTTM too), by artifact file name."""
+        return {**dict(self.stage_outputs), **self.outputs}
+
     def row(self) -> dict:
-        """One row of the summary table: the file, its status and error, what the result says of it, the names
-        of its outputs (where they are: :func:`files_markdown`)."""
+        """One row of the summary table: the file, its status, what the result says of it and the error, last and
+        cut short, so that the table fits the UI's panel (the outputs: :func:`files_markdown`)."""
         summary = getattr(self.result, "summary", None)
+        error = ": ".join(p for p in (self.failed_stage, self.error) if p)
         return {
             "file": self.name,
             "status": self.status,
-            "error": ": ".join(p for p in (self.failed_stage, self.error) if p),
             "computed": ", ".join(self.stages),
             **(summary() if callable(summary) else {}),
-            "outputs": ", ".join(self.outputs),
+            "error": error if len(error) <= ROW_ERROR_CHARS else error[: ROW_ERROR_CHARS - 1] + "…",
         }
 
     def markdown(self, store: ArtifactStore) -> str:
@@ -228,7 +235,9 @@ def file_outcome(
     computed = tuple(stage for stage, f in futures.items() if f.state.name != "Cached")
     result = list(futures.values())[-1].result()
     lines = pipeline.describe(result, settings) if pipeline.describe else ()
-    return FileOutcome(source_uri, "done" if computed else "cached", result, stages=computed, lines=lines)
+    every = tuple((ref.uri.rsplit("/", 1)[-1], ref.uri) for f in futures.values() for ref in artifact_refs(f.result()))
+    status = "done" if computed else "cached"
+    return FileOutcome(source_uri, status, result, stages=computed, lines=lines, stage_outputs=every)
 
 
 def submit_file(pipeline: FilePipeline, source: str, options: Any, env: Environment) -> dict[str, PrefectFuture]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,24 @@ def test_an_api_server_that_cannot_start_fails_the_command_at_once(run_cli, tmp_
     assert result.returncode == 1 and time.monotonic() - started < 60
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert "the Prefect API server this command started exited with status 3" in line and str(tmp_path / "a") in line
+
+
+def test_transcribe_writes_its_outputs_where_asked_as_whisper_users_expect(run_cli, tmp_path, tiny_models):
+    env = {"VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper"))}
+    jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
+    fast = ("--num-speakers", "2", "--beam-size", "1", "--no-fallback", "--device", "cpu")
+    first = run_cli("transcribe", jfk, *fast, "-o", "out", env=env)
+    assert first.returncode == 0, first.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["jfk.json", "jfk.rttm", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
+    assert "jfk.flac: wrote out/jfk.srt" in first.stdout
+    assert (tmp_path / "out" / "jfk.rttm").read_text().startswith("SPEAKER ")  # the diarization's, too
+
+    again = run_cli("transcribe", jfk, *fast, "-o", "srt-only", "--output-format", "srt", "--json", env=env)
+    document = json.loads(again.stdout)
+    (file,) = document["files"]
+    assert file["status"] == "cached" and file["written"] == ["srt-only/jfk.srt"]
+    assert file["outputs"]["transcript.srt"].startswith("file://") and file["lines"]
+
+    quiet = run_cli("transcribe", jfk, *fast, "-q", env=env)
+    assert quiet.returncode == 0 and quiet.stdout == ""

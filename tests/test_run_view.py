@@ -80,7 +80,7 @@ def test_outputs_open_from_the_ui_presigned_on_s3(s3_settings, use_store):
     report = ingest(paths=[str(JFK)])
     artifacts = _artifacts(_latest_flow_run(s3_settings))
     files = artifacts["ingest-files"]
-    assert "file://" not in files + str(artifacts["ingest-summary"])
+    assert "file://" not in files
     (url,) = re.findall(r"\[audio\.wav\]\((http[^)]+)\)", files)
     assert url.startswith(s3_settings.endpoint_url) and "X-Amz-Signature=" in url
     assert s3_settings.secret_access_key not in url
@@ -112,7 +112,7 @@ def test_outputs_on_a_local_store_are_paths_and_failed_files_say_why(tmp_path, u
         else artifacts["ingest-summary"]
     )
     failed = next(r for r in rows if r["status"] == "failed")
-    assert list(failed)[:3] == ["file", "status", "error"] and failed["error"].startswith("ingest: ")
+    assert list(failed)[-1] == "error" and failed["error"].startswith("ingest: cannot decode")
 
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run_id).state

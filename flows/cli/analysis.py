@@ -10,6 +10,8 @@ from voxflow.tasks.lipsync import LipsyncOptions
 from voxflow.tasks.separate import SeparateOptions
 from voxflow.tasks.transcribe import TranscribeOptions
 
+TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv", "json", "rttm")  # what -o copies of a transcribed file
+
 
 def add_transcribe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="files, folders or s3:// URIs")
@@ -39,7 +41,7 @@ def add_transcribe(parser: argparse.ArgumentParser) -> None:
         "--language-per-chunk", action="store_true", help="detect the language of every chunk (code-switching)"
     )
     parser.add_argument("--drop-low-confidence", action="store_true", help="leave segments below --min-confidence out")
-    add_run_options(parser)
+    add_run_options(parser, formats=TRANSCRIPT_FORMATS)
     parser.set_defaults(func=transcribe)
 
 
@@ -73,7 +75,8 @@ def transcribe(args: argparse.Namespace) -> int:
             ),
         )
     )
-    return run_files(transcribe, args, options, ("file", "status", "computed", "language", "speakers", "segments"))
+    columns = ("file", "status", "computed", "language", "speakers", "segments")
+    return run_files(transcribe, args, options, columns, TRANSCRIPT_FORMATS)
 
 
 def add_separate(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from voxflow.tasks.kit.options import describe
@@ -36,9 +39,25 @@ def add_store_options(parser: argparse.ArgumentParser, models: bool = True) -> N
         )
 
 
-def add_run_options(parser: argparse.ArgumentParser, models: bool = True) -> None:
-    """``--jobs`` and the Block options of a per-file flow."""
+def add_run_options(parser: argparse.ArgumentParser, models: bool = True, formats: Sequence[str] = ()) -> None:
+    """What every per-file command takes: ``--jobs``, ``-o/--output-dir`` (with ``--output-format`` where the
+    outputs come in formats), ``--device``, ``-q/--quiet``, ``--json`` and the Block options."""
     parser.add_argument("--jobs", type=int, help="files processed in parallel (default min(4, CPUs))")
+    parser.add_argument(
+        "-o", "--output-dir", help="copy each file's outputs into this folder (<file>.<ext>), printing where each went"
+    )
+    if formats:
+        parser.add_argument(
+            "--output-format", choices=(*formats, "all"), default="all", help="what -o copies (default all)"
+        )
+    if models:
+        parser.add_argument(
+            "--device", choices=("auto", "cpu", "cuda"), help="where the models run (default VOXFLOW_DEVICE, else auto)"
+        )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument(
+        "--json", action="store_true", help="print the run as JSON (each file's status, summary, outputs)"
+    )
     add_store_options(parser, models)
 
 
@@ -54,16 +73,80 @@ def print_rows(rows: list[dict], columns: Sequence[str]) -> None:
         print("  ".join(cell(row.get(c)).ljust(widths[c]) for c in columns))
 
 
-def print_report(report: Any, columns: Sequence[str]) -> int:
-    """A run's table, its summary, what each file's result says, and one error line per failed file."""
-    rows = [o.row() for o in report.outcomes]
-    if rows:
-        print_rows(rows, columns)
-    print(report.summary())
+def exported_name(label: str, artifact: str, formats: Sequence[str]) -> str | None:
+    """Where ``-o`` puts an output of a file, relative to the folder: ``jfk.srt`` for a transcript format,
+    ``jfk.vocals.wav`` for other outputs; None when ``formats`` (given) leave it out."""
+    ext = artifact.rsplit(".", 1)[-1]
+    if formats and ext not in formats:
+        return None
+    stem = str(Path(label).with_suffix(""))
+    return f"{stem}.{ext}" if ext in formats else f"{stem}.{artifact}"
+
+
+def export_outputs(
+    report: Any, folder: str, formats: Sequence[str], storage_block: str | None
+) -> dict[str, list[Path]]:
+    """Copy each done or cached file's outputs out of the store into ``folder``; the paths written, by file.
+    Each is written to a temporary name and renamed, so an interrupted copy leaves no half file."""
+    from voxflow.flows.settings import store_settings
+    from voxflow.storage.store import open_store
+
+    store = open_store(store_settings(storage_block))
+    written: dict[str, list[Path]] = {}
     for outcome in report.outcomes:
-        if outcome.lines:
-            print(f"\n== {outcome.name}")
-            print("\n".join(outcome.lines))
+        if outcome.status not in ("done", "cached"):
+            continue
+        for artifact, uri in outcome.every_output.items():
+            name = exported_name(outcome.name, artifact, formats)
+            if name is None:
+                continue
+            path = Path(folder, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(store.get_bytes(store.key_of(uri)))
+            partial.replace(path)
+            written.setdefault(outcome.name, []).append(path)
+    return written
+
+
+def report_json(report: Any, written: dict[str, list[Path]]) -> str:
+    """The run as one JSON document: its summary, then each file's row, outputs, written paths and lines."""
+    files = [
+        {
+            **{k: v for k, v in outcome.row().items() if k != "outputs"},
+            "outputs": outcome.every_output,
+            "written": [str(p) for p in written.get(outcome.name, [])],
+            "lines": list(outcome.lines),
+        }
+        for outcome in report.outcomes
+    ]
+    problems = list(getattr(report, "problems", ()))
+    return json.dumps({"summary": report.summary(), "files": files, "problems": problems}, indent=2, default=str)
+
+
+def print_report(
+    report: Any,
+    columns: Sequence[str],
+    quiet: bool = False,
+    as_json: bool = False,
+    written: dict[str, list[Path]] | None = None,
+) -> int:
+    """A run's table, its summary, what each file's result says, where ``-o`` wrote its outputs, and one error
+    line per failed file (``quiet``: the error lines only; ``as_json``: one JSON document instead)."""
+    written = written or {}
+    if as_json:
+        print(report_json(report, written))
+    elif not quiet:
+        rows = [{**o.row(), "outputs": ", ".join(o.outputs)} for o in report.outcomes]
+        if rows:
+            print_rows(rows, columns)
+        print(report.summary())
+        for outcome in report.outcomes:
+            if outcome.lines:
+                print(f"\n== {outcome.name}")
+                print("\n".join(outcome.lines))
+        for name, paths in written.items():
+            print("\n".join(f"{name}: wrote {path}" for path in paths))
     for outcome in report.failed:  # one line per file: the file, the stage, the reason
         print(f"error: {outcome.message}", file=sys.stderr)
     for problem in getattr(report, "problems", ()):
@@ -71,10 +154,15 @@ def print_report(report: Any, columns: Sequence[str]) -> int:
     return 1 if report.failed or getattr(report, "problems", ()) else 0
 
 
-def run_files(flow: Any, args: argparse.Namespace, options: Any, columns: Sequence[str]) -> int:
-    """Run a per-file flow on ``args.paths``; print its table and one error line per failed file."""
+def run_files(
+    flow: Any, args: argparse.Namespace, options: Any, columns: Sequence[str], formats: Sequence[str] = ()
+) -> int:
+    """Run a per-file flow on ``args.paths``; print its table (or JSON), copy its outputs out with ``-o``, and
+    print one error line per failed file."""
     from voxflow.flows.pipelines import DEFAULT_PARALLEL_FILES, FilesFailed
 
+    if getattr(args, "device", None):  # read by the run's model settings (ModelSettings.from_env)
+        os.environ["VOXFLOW_DEVICE"] = args.device
     blocks = {"storage_block": args.storage_block}
     if "models_block" in flow.parameters.properties:
         blocks["models_block"] = args.models_block
@@ -85,4 +173,6 @@ def run_files(flow: Any, args: argparse.Namespace, options: Any, columns: Sequen
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return print_report(report, columns)
+    chosen = () if getattr(args, "output_format", "all") == "all" else (args.output_format,)
+    written = export_outputs(report, args.output_dir, chosen or formats, args.storage_block) if args.output_dir else {}
+    return print_report(report, columns, args.quiet, args.json, written)
