@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 
 from prefect.artifacts import (
@@ -14,6 +15,7 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 
 from voxflow.tasks.kit.markdown import markdown_text
+from voxflow.tasks.kit.stage import STAGE_LISTENERS
 
 PREVIEW_LINES = 20  # lines of a result (e.g. a transcript) a Markdown artifact shows per file
 TRANSCRIPT_LINE = re.compile(r"^\[(?P<speaker>\S+) (?P<time>[0-9:.]+)\] (?P<text>.*)$")  # [SPEAKER_00 0:01.2] text
@@ -40,22 +42,41 @@ def _key(name: str) -> str:
 
 
 class Progress:
-    """``hook(completed, total)``: a tqdm bar on a terminal plus a Prefect progress artifact."""
+    """``hook(completed, total)``: a tqdm bar on a terminal, showing the stage each running file is in
+    (``jfk.flac: diarize, take.wav: transcribe``), plus a Prefect progress artifact."""
 
     def __init__(self, name: str, total: int) -> None:
         from tqdm import tqdm
 
         self.total = total
         self.bar = tqdm(total=total, desc=name, unit="file", disable=None, leave=True)
-        in_flow = FlowRunContext.get() is not None
-        self.artifact_id = create_progress_artifact(0.0, key=_key(f"{name}-progress")) if in_flow and total else None
+        context = FlowRunContext.get()
+        self.flow_run_id = context.flow_run.id if context and context.flow_run else None
+        self.artifact_id = create_progress_artifact(0.0, key=_key(f"{name}-progress")) if context and total else None
+        self.running: dict[str, str] = {}  # file -> the stage computing it now
+        self.lock = threading.Lock()
+        STAGE_LISTENERS.append(self.on_stage)
 
     def __call__(self, completed: int, total: int) -> None:
         self.bar.update(completed - self.bar.n)
         if self.artifact_id is not None:
             update_progress_artifact(self.artifact_id, 100.0 * completed / total)
 
+    def on_stage(self, file: str | None, stage: str, running: bool) -> None:
+        """A stage of this flow run started or ended on a file (called from the stage's thread)."""
+        context = FlowRunContext.get()
+        if file is None or context is None or context.flow_run is None or context.flow_run.id != self.flow_run_id:
+            return
+        with self.lock:
+            if running:
+                self.running[file] = stage
+            elif self.running.get(file) == stage:
+                del self.running[file]
+            self.bar.set_postfix_str(", ".join(f"{f}: {s}" for f, s in self.running.items()), refresh=True)
+
     def close(self) -> None:
+        if self.on_stage in STAGE_LISTENERS:
+            STAGE_LISTENERS.remove(self.on_stage)
         self.bar.close()
 
 

@@ -189,3 +189,35 @@ def test_transcribe_writes_its_outputs_where_asked_as_whisper_users_expect(run_c
 
     quiet = run_cli("transcribe", jfk, *fast, "-q", env=env)
     assert quiet.returncode == 0 and quiet.stdout == ""
+
+
+def test_on_a_terminal_the_progress_bar_shows_each_files_stage(run_cli, tmp_path, tiny_models):
+    """tqdm draws only on a terminal: stderr is a pseudo-terminal here, as in a user's shell."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {"VOXFLOW_MODEL_DIR": str(tiny_models.build("pyannote", "whisper")), "VOXFLOW_DEVICE": "cpu"}
+    sample = str(CORPUS / "diar_2spk_pyannote" / "sample.wav")
+    jfk = str(CORPUS / "asr_en_jfk" / "jfk.flac")
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # 200 columns, as a window
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VOXFLOW_", "AWS_"))}
+    base.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **env)
+    command = [str(Path(sys.executable).with_name("voxflow")), "transcribe", sample, jfk, "--jobs", "2"]
+    command += ["--num-speakers", "2", "--beam-size", "1", "--no-fallback"]
+    with subprocess.Popen(command, cwd=tmp_path, env=base, stdout=subprocess.DEVNULL, stderr=terminal) as run:
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed: the command is done
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    assert run.returncode == 0
+    text = drawn.decode(errors="replace")
+    assert "sample.wav: diarize" in text and "jfk.flac: transcribe" in text, text[-2000:]

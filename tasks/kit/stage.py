@@ -60,6 +60,8 @@ RETRY_JITTER = 0.5
 HIDDEN_SUMMARY = ("sha256", "rttm")  # summary values a log line leaves out (hash prefixes)
 
 FILE_LABEL: ContextVar[str | None] = ContextVar("voxflow_file_label", default=None)
+# called with (file, stage, running) when a stage starts (True) and ends (False) computing in this process
+STAGE_LISTENERS: list[Callable[[str | None, str, bool], None]] = []
 
 
 @contextmanager
@@ -190,6 +192,11 @@ def _file_and_audio(parameters: dict[str, Any], input_names: tuple[str, ...]) ->
     return _file_label(parameters, input_names), _audio_s([parameters[name] for name in input_names])
 
 
+def _tell_listeners(file: str | None, stage: str, running: bool) -> None:
+    for listener in list(STAGE_LISTENERS):
+        listener(file, stage, running)
+
+
 def _task_run_name(spec: StageSpec, input_names: tuple[str, ...]) -> Callable[..., str]:
     """``transcribe · jfk.flac``: the stage and the file it runs on, so the Prefect UI tells parallel lanes apart."""
 
@@ -288,6 +295,7 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             if models is not None:
                 stage_run.device = models.torch_device()
             started = time.perf_counter()
+            _tell_listeners(stage_run.file, spec.name, True)
             try:
                 with record_stage_run(catalog, stage_run), gpu_guard(None if spec.gpu else 0):
                     result = fn(*args, **kwargs)
@@ -295,6 +303,8 @@ def stage_task(spec: StageSpec, *, retries: int = RETRIES, lock_manager: FileLoc
             except Exception as e:
                 note_failure(e, spec.name)  # the stage and the library that raised it, for the user's one line
                 raise
+            finally:
+                _tell_listeners(stage_run.file, spec.name, False)
             _log_computed(spec, parameters, result, time.perf_counter() - started, stage_run.device)
             return result
 
