@@ -36,6 +36,7 @@ from voxflow.tasks.kit.stage import artifact_refs, file_label
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
+STATUS_WORDS = {"skipped": "already processed", "waiting": "still being written"}  # what users read, everywhere
 ROW_ERROR_CHARS = 60  # a summary row's error, cut to fit the table (the whole one: the run's state, its Markdown)
 MARKDOWN_FILES = 200  # files listed in a run's Markdown artifact (failed ones first)
 ParallelFiles = Annotated[int, Field(ge=1, le=MAX_THREADS)]  # the flows' ``parallel_files`` parameter
@@ -136,7 +137,7 @@ class FileOutcome:
         error = ": ".join(p for p in (self.failed_stage, self.error) if p)
         return {
             "file": self.name,
-            "status": self.status,
+            "status": STATUS_WORDS.get(self.status, self.status),
             "computed": ", ".join(self.stages),
             **(summary() if callable(summary) else {}),
             "error": error if len(error) <= ROW_ERROR_CHARS else error[: ROW_ERROR_CHARS - 1] + "…",
@@ -179,8 +180,7 @@ class RunReport:
 
     def summary(self) -> str:
         statuses = ("done", "cached", *(s for s in ("skipped", "waiting") if self.count(s)), "failed")
-        labels = {"skipped": "already processed", "waiting": "still being written"}
-        counts = ", ".join(f"{self.count(s)} {labels.get(s, s)}" for s in statuses)
+        counts = ", ".join(f"{self.count(s)} {STATUS_WORDS.get(s, s)}" for s in statuses)
         return f"{len(self.outcomes)} file(s): {counts}"
 
     def state_message(self) -> str:

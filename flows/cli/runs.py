@@ -18,7 +18,7 @@ from pathlib import Path
 from voxflow.flows.cli.common import add_store_options, print_rows
 
 RECENT_RUNS = 10
-DONE, RUNNING, FAILED, WAITING = "done", "running", "failed", "waiting"
+DONE, RUNNING, FAILED, WAITING = "done", "running", "failed", "pending"
 STATE_OF = {  # a Prefect state type: what it means for a stage of a file
     "COMPLETED": DONE,
     "RUNNING": RUNNING,
