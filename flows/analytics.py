@@ -321,12 +321,11 @@ def to_html(analysis: Analysis, plots: dict[str, bytes]) -> str:
 def _markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "none"
-    shown = _rounded(frame).astype(str).replace({"nan": "", "None": ""})
+    shown = _rounded(frame)
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    lines += [
-        "| " + " | ".join(markdown_text(v).replace("\n", " ") for v in row) + " |"
-        for row in shown.itertuples(index=False)
-    ]
+    for row in shown.itertuples(index=False):
+        cells = ("" if pd.isna(v) else markdown_text(str(v)).replace("\n", " ") for v in row)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

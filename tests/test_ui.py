@@ -7,7 +7,6 @@ The screenshots land in the test's folder, and in ``$VOXFLOW_UI_SHOTS`` when set
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import shutil
@@ -89,6 +88,16 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         form = browse(f"{ui}/deployments/deployment/{folder['id']}/run", shots / "form-ingest-folder.png")
         assert re.search(r"\(e\.g\. \*/\*\.wav ?\)", form) and '{"sample_rate_hz": 16000}' in form
 
+        # voxflow report --artifact: the same report as a Markdown artifact, its plots rendered in the UI
+        report = subprocess.run(
+            [str(BIN / "voxflow"), "report", "--since", "1h", "--artifact", "-q"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert report.returncode == 0 and "FutureWarning" not in report.stderr, report.stderr
+        artifact = _latest(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["voxflow-report"]}}})
+        page = browse(f"{ui}/artifacts/artifact/{artifact['id']}", shots / "report-artifact.png", "1400,1400")
+        assert "Stage durations and speed" in page and "Slowest files" in page
+
         # the Blocks page lists the user's Blocks only (the result storage is saved anonymous)
         blocks = browse(f"{ui}/blocks", shots / "blocks.png", "1400,700")
         assert "store-" not in blocks
@@ -96,6 +105,5 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
             env, "/block_documents/filter", {"block_documents": {"is_anonymous": {"eq_": True}}}
         )
         assert any(doc["block_type"]["slug"] == "voxflow-results" for doc in anonymous)
-    assert json.dumps(sorted(p.name for p in shots.iterdir())) == json.dumps(
-        sorted(["run.png", "summary.png", "files.png", "form-transcribe.png", "form-ingest-folder.png", "blocks.png"])
-    )
+    names = ["run.png", "summary.png", "files.png", "form-transcribe.png", "form-ingest-folder.png", "blocks.png"]
+    assert sorted(p.name for p in shots.iterdir()) == sorted([*names, "report-artifact.png"])

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conversation import SCRIPT, SCRIPT_OVERLAP_LINE, build_conversation, true_peak_dbfs
+from tests.notebook_run import execute, images
 from tests.synth import write_audio
 from voxflow.flows.cli import main
 from voxflow.flows.speech import SpeechOptions
@@ -126,6 +127,12 @@ def test_voice_replace_on_a_conversation_keeps_everything_but_the_target(
     rows = catalog.frame("syntheses")
     assert len(rows) == len(table) and set(rows.consent_note) == {"synthetic test voice"}
     assert set(rows["mode"]) == {"design"} and rows["synthetic"].all()
+
+    # the review notebook reads the same run back: its line table, the timing plot, before and after
+    text, outputs = execute("voice_replace_review", tmp_path)
+    assert f"{len(table)} lines" in text and f"{len(table)} flagged" in text and table.line_id.iloc[0] in text
+    assert images(outputs) == 1
+    assert sum("<audio" in o.get("data", {}).get("text/html", "") for o in outputs) == 3
 
 
 def test_an_edited_script_synthesizes_only_the_edited_line(tmp_path, use_store, models_env, conversation, tts_calls):

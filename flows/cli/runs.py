@@ -163,13 +163,17 @@ def report(args: argparse.Namespace) -> int:
     partial.write_text(analytics.to_html(analysis, plots), encoding="utf-8")
     partial.replace(output)  # a reader never finds half a report
     if args.artifact:
+        import warnings
+
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(
-            key=REPORT_ARTIFACT,
-            markdown=analytics.to_markdown(analysis, plots),
-            description=analytics.headline(analysis),
-        )
+        with warnings.catch_warnings():  # Prefect frowns on artifacts outside a run; a report belongs to no run
+            warnings.filterwarnings("ignore", message="Artifact creation outside of a flow", category=FutureWarning)
+            create_markdown_artifact(
+                key=REPORT_ARTIFACT,
+                markdown=analytics.to_markdown(analysis, plots),
+                description=analytics.headline(analysis),
+            )
     if args.quiet:
         print(output)
         return 0
