@@ -16,7 +16,7 @@ from prefect import task
 from pydantic import Field
 
 from voxflow.flows import registry
-from voxflow.flows.environment import store_settings
+from voxflow.flows.environment import StorageBlock, block_name, store_settings
 from voxflow.flows.pipelines import threaded_flow
 from voxflow.flows.reporting import publish_table
 from voxflow.storage.catalog import TABLES, VACUUM_RETENTION_HOURS, Catalog
@@ -42,16 +42,16 @@ def maintain_table(table: str, retention_hours: int, settings: StoreSettings) ->
 def catalog_maintenance(
     tables: list[CatalogTable] | None = None,
     retention_hours: Annotated[int, Field(ge=0)] = VACUUM_RETENTION_HOURS,
-    storage_block: str | None = None,
+    storage_block: StorageBlock = None,
 ) -> list[dict]:
     """Compact, checkpoint and vacuum the catalog's Delta tables (safe while writers run).
 
     Args:
         tables: The tables to maintain; empty: all of them.
         retention_hours: Keep the files any version of the last this many hours needs (the time-travel window).
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
     """
-    settings = store_settings(storage_block)  # 1. the store
+    settings = store_settings(block_name(storage_block))  # 1. the store
     done = [maintain_table(table, retention_hours, settings) for table in tables or list(TABLES)]  # 2. each table
     publish_table("catalog-maintenance", done, f"{len(done)} table(s) maintained")  # 3. report
     return done

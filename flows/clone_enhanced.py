@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from voxflow.flows import registry
-from voxflow.flows.environment import environment
+from voxflow.flows.environment import ModelsBlock, StorageBlock, environment
 from voxflow.flows.pipelines import threaded_flow
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, items_of, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, SynthesisRequest
@@ -27,8 +27,8 @@ def clone_enhanced(
     transcript: str | None = None,
     options: SpeechOptions = SpeechOptions(),
     output_dir: str | None = None,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> SynthesisReport:
     """Speak ``lines`` in the voice of ``reference`` (Qwen3-TTS voice clone), enhanced to 48 kHz.
 
@@ -39,8 +39,8 @@ def clone_enhanced(
         transcript: What the reference says; empty: transcribed with Whisper.
         options: The switches (pre-processing, post-processing, upsampling), consent note and each step's options.
         output_dir: Also copy the finished WAVs into this folder (line-000.wav, ...) on the machine running the flow.
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     env = environment(storage_block, models_block)
     voice = Voice(reference, transcript, options, env)  # 1–4

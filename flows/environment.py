@@ -9,6 +9,8 @@ from typing import Any
 
 from prefect import Task
 
+from voxflow.blocks.models import VoxflowModels
+from voxflow.blocks.storage import VoxflowStorage
 from voxflow.flows.settings import model_settings, store_settings  # noqa: F401  (flows import them from here)
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.keys import source_name
@@ -18,6 +20,21 @@ from voxflow.storage.store import shared_store
 from voxflow.tasks.kit.locks import FileLockManager
 from voxflow.tasks.kit.models import ModelSettings
 from voxflow.tasks.kit.stage import with_results
+
+# A flow's Block parameters: the Block itself (the UI's form offers Prefect's Block picker for it) or a saved
+# Block's name (the command line, Python callers).
+StorageBlock = VoxflowStorage | str | None
+ModelsBlock = VoxflowModels | str | None
+
+
+def block_name(block: VoxflowStorage | VoxflowModels | str | None) -> str | None:
+    """The saved Block's name, given by name or as the Block (a run elsewhere loads it again by that name)."""
+    if block is None or isinstance(block, str):
+        return block or None
+    name = getattr(block, "_block_document_name", None)
+    if not name:
+        raise ValueError(f"a {type(block).get_block_type_slug()} Block must be saved under a name to be used by a run")
+    return name
 
 
 @dataclass(frozen=True)
@@ -100,12 +117,13 @@ def remove_leftovers(settings: StoreSettings) -> None:
         logger.info("removed what killed runs left: %d temporary file(s), %d lock file(s)", partials, locks)
 
 
-def environment(storage_block: str | None, models_block: str | None = None) -> Environment:
+def environment(storage_block: StorageBlock, models_block: ModelsBlock = None) -> Environment:
     """Resolve the store and the models (Blocks or environment); save the result-storage Block (no secrets)."""
     from prefect.settings import get_current_settings
 
     from voxflow.blocks.results import VoxflowResults
 
+    storage_block, models_block = block_name(storage_block), block_name(models_block)
     settings = store_settings(storage_block)
     Catalog(shared_store(settings)).require_migrated()  # a run never writes half into an old-format catalog
     remove_leftovers(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.futures import PrefectFuture
 
 from voxflow.flows import registry
-from voxflow.flows.environment import Environment
+from voxflow.flows.environment import Environment, StorageBlock
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FilePipeline,
@@ -31,7 +31,7 @@ def ingest(
     paths: list[str],
     options: IngestOptions = IngestOptions(),
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
+    storage_block: StorageBlock = None,
 ) -> RunReport:
     """Decode, measure and store each file as 16 kHz mono float WAV with files/artifacts/stage_runs rows.
 
@@ -39,6 +39,6 @@ def ingest(
         paths: Audio files, folders or s3:// URIs (wav, flac, mp3, ogg, m4a...).
         options: How each file becomes the working audio.
         parallel_files: How many files are processed at once.
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
     """
     return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block)  # ingest each file

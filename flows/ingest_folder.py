@@ -15,7 +15,7 @@ from typing import Any
 from prefect.runtime import flow_run
 
 from voxflow.flows import registry
-from voxflow.flows.environment import environment
+from voxflow.flows.environment import ModelsBlock, StorageBlock, environment
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FileOutcome,
@@ -81,8 +81,8 @@ def ingest_folder(
     pipeline: registry.PerFileFlow = registry.INGEST.name,
     params: dict[str, Any] | None = None,
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> RunReport:
     """Find the files of a folder not yet processed by a flow with these parameters, and process them.
 
@@ -92,8 +92,8 @@ def ingest_folder(
         pipeline: The flow to run on each new file.
         params: That flow's options, e.g. `{"sample_rate_hz": 16000}` for ingest or `{"run_denoise": true}` for transcribe; empty for its defaults.
         parallel_files: How many files are processed at once.
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     env = environment(storage_block, models_block)  # 1. choose the store and the models
     chosen = registry.flow_entry(pipeline).pipeline()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from prefect.futures import PrefectFuture
 
 from voxflow.flows import registry
-from voxflow.flows.environment import Environment
+from voxflow.flows.environment import Environment, StorageBlock
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FilePipeline,
@@ -45,7 +45,7 @@ def lipsync_features(
     paths: list[str],
     options: LipsyncFlowOptions = LipsyncFlowOptions(),
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
+    storage_block: StorageBlock = None,
 ) -> RunReport:
     """80-bin log-mel windows per video frame (features.npy) and their index (windows.parquet) per file.
 
@@ -53,6 +53,6 @@ def lipsync_features(
         paths: Audio files, folders or s3:// URIs.
         options: The working audio and the feature options (video fps, window frames).
         parallel_files: How many files are processed at once.
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
     """
     return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block)

@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field, TypeAdapter, ValidationError
 
-from voxflow.flows.environment import Environment, environment
+from voxflow.flows.environment import Environment, ModelsBlock, StorageBlock, environment
 from voxflow.flows.reporting import Progress, markdown_preview, publish_markdown, publish_table
 from voxflow.storage.keys import source_name
 from voxflow.storage.settings import StoreSettings
@@ -364,8 +364,8 @@ def run_pipeline(
     paths: Sequence[str],
     options: Any,
     parallel_files: int,
-    storage_block: str | None,
-    models_block: str | None = None,
+    storage_block: StorageBlock,
+    models_block: ModelsBlock = None,
 ) -> State:
     """A flow's body over many files: choose the environment, list the files, run each, publish; the flow
     run's final state (:func:`final_state`)."""

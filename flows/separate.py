@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from prefect.futures import PrefectFuture
 
 from voxflow.flows import registry
-from voxflow.flows.environment import Environment
+from voxflow.flows.environment import Environment, ModelsBlock, StorageBlock
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FilePipeline,
@@ -48,8 +48,8 @@ def separate(
     paths: list[str],
     options: SeparateFlowOptions = SeparateFlowOptions(),
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> RunReport:
     """vocals.wav and accompaniment.wav (the sum of the other stems) of each file, at its own sample rate.
 
@@ -57,7 +57,7 @@ def separate(
         paths: Audio files, folders or s3:// URIs.
         options: The working audio and the Demucs model and its options.
         parallel_files: How many files are processed at once (GPU stages still take turns).
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR.
     """
     return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block, models_block)

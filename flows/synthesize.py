@@ -15,7 +15,7 @@ from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from voxflow.flows import registry
-from voxflow.flows.environment import environment
+from voxflow.flows.environment import ModelsBlock, StorageBlock, environment
 from voxflow.flows.pipelines import threaded_flow
 from voxflow.flows.speech import SpeechOptions, SynthesisReport, Voice, enhance_lines, finish, speak
 from voxflow.tasks.synthesize import AUTO_LANGUAGE, Mode, SynthesisItem, SynthesisRequest
@@ -64,8 +64,8 @@ def synthesize(
     language: str = AUTO_LANGUAGE,
     options: SpeechOptions = SpeechOptions(),
     output_dir: str | None = None,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> SynthesisReport:
     """Batch text-to-speech with Qwen3-TTS: one WAV and one ``syntheses`` row per item, in item order.
 
@@ -75,8 +75,8 @@ def synthesize(
         language: Language of items that name none (e.g. English, Chinese) or auto.
         options: The switches (pre-processing of references, post-processing, upsampling), consent note, step options.
         output_dir: Also copy the finished WAVs into this folder (line-000.wav, ...) on the machine running the flow.
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     check_items(mode, items)
     env = environment(storage_block, models_block)

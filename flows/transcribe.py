@@ -9,7 +9,7 @@ from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from voxflow.flows import registry
-from voxflow.flows.environment import Environment
+from voxflow.flows.environment import Environment, ModelsBlock, StorageBlock
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FilePipeline,
@@ -97,8 +97,8 @@ def transcribe(
     paths: list[str],
     options: TranscribeFlowOptions = TranscribeFlowOptions(),
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> RunReport:
     """Speaker-labelled transcripts (segments rows, RTTM, SRT, VTT and JSON) of audio files.
 
@@ -106,7 +106,7 @@ def transcribe(
         paths: Audio files, folders or s3:// URIs.
         options: Which optional stages run (separate, denoise, diarize) and each stage's options.
         parallel_files: How many files are processed at once (GPU stages still take turns).
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block, models_block)

@@ -23,7 +23,7 @@ from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from voxflow.flows import registry
-from voxflow.flows.environment import Environment
+from voxflow.flows.environment import Environment, ModelsBlock, StorageBlock
 from voxflow.flows.pipelines import (
     DEFAULT_PARALLEL_FILES,
     FilePipeline,
@@ -339,8 +339,8 @@ def voice_replace(
     paths: list[str],
     options: VoiceReplaceOptions,
     parallel_files: ParallelFiles = DEFAULT_PARALLEL_FILES,
-    storage_block: str | None = None,
-    models_block: str | None = None,
+    storage_block: StorageBlock = None,
+    models_block: ModelsBlock = None,
 ) -> RunReport:
     """Replace one speaker's voice in each recording, keep every other sound, fit the original timing.
 
@@ -353,7 +353,7 @@ def voice_replace(
         options: The target (options.target.speaker or options.like; default: who talks most), the new voice
             (options.voice or options.design), an edited script, and every step's options.
         parallel_files: How many files are processed at once (GPU stages still take turns).
-        storage_block: Name of a saved voxflow-storage Block; empty to use the environment.
-        models_block: Name of a saved voxflow-models Block; empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
+        storage_block: A saved voxflow-storage Block (picked, or its name); empty to use the environment.
+        models_block: A saved voxflow-models Block (picked, or its name); empty to use VOXFLOW_MODEL_DIR and HF_TOKEN.
     """
     return run_pipeline(PIPELINE, paths, options, parallel_files, storage_block, models_block)

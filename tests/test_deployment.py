@@ -37,6 +37,16 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         assert list(files["source_name"]) == ["jfk.flac"]
         assert files["flow_run_id"].notna().all()
 
+        # a Block picked in the UI's form arrives as a reference to the saved Block, which the run loads
+        picked = tmp_path / "picked-store"
+        save = (
+            f"from voxflow.blocks import VoxflowStorage\nprint(VoxflowStorage(location={str(picked)!r}).save('picked'))"
+        )
+        saved = subprocess.run([str(BIN / "python"), "-c", save], env=env, capture_output=True, text=True, check=True)
+        reference = {"$ref": {"block_document_id": saved.stdout.strip()}}
+        run_deployment(env, "ingest/ingest", f"paths={json.dumps([jfk])}", f"storage_block={json.dumps(reference)}")
+        assert list(Catalog(LocalStore(picked)).frame("files")["source_name"]) == ["jfk.flac"]
+
         folder = deployment(env, "ingest-folder/ingest-folder")
         assert folder["parameters"] == {"source": str(inbox)}
         assert [s["schedule"]["cron"] for s in folder["schedules"]] == ["*/10 * * * *"]

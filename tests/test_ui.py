@@ -88,6 +88,20 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         form = browse(f"{ui}/deployments/deployment/{folder['id']}/run", shots / "form-ingest-folder.png")
         assert re.search(r"\(e\.g\. \*/\*\.wav ?\)", form) and '{"sample_rate_hz": 16000}' in form
 
+        # the Block parameters: Prefect's Block picker, here on a deployment whose default is a saved Block
+        picker = (
+            "from voxflow.blocks import VoxflowStorage\nfrom voxflow.flows.ingest import ingest\n"
+            "block = VoxflowStorage(location='picked'); block.save('my-store')\n"
+            "ref = {'$ref': {'block_document_id': str(block._block_document_id)}}\n"
+            "print(ingest.to_deployment(name='ingest-my-store', parameters={'storage_block': ref}).apply())\n"
+        )
+        made = subprocess.run(
+            [str(BIN / "python"), "-c", picker], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+        form = browse(f"{ui}/deployments/deployment/{made.stdout.strip()}/run", shots / "form-block-picker.png")
+        assert re.search(r"storage_block .* VoxflowStorage str None .*my-store Add", form)
+
         # voxflow report --artifact: the same report as a Markdown artifact, its plots rendered in the UI
         report = subprocess.run(
             [str(BIN / "voxflow"), "report", "--since", "1h", "--artifact", "-q"],
@@ -106,4 +120,4 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         )
         assert any(doc["block_type"]["slug"] == "voxflow-results" for doc in anonymous)
     names = ["run.png", "summary.png", "files.png", "form-transcribe.png", "form-ingest-folder.png", "blocks.png"]
-    assert sorted(p.name for p in shots.iterdir()) == sorted([*names, "report-artifact.png"])
+    assert sorted(p.name for p in shots.iterdir()) == sorted([*names, "report-artifact.png", "form-block-picker.png"])
