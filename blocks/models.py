@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
+from voxflow.blocks.schema import closed_schema
 from voxflow.tasks.kit.models import ModelSettings, WhisperBackend
 
 
 class VoxflowModels(Block):
     """How voxflow finds and runs models."""
+
+    model_config = ConfigDict(json_schema_extra=closed_schema)  # a reference to a saved Block is not one
 
     _block_type_name = "voxflow-models"
     _description = "voxflow models: local model folder, device, and a Hugging Face token for gated models."

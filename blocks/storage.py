@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr
 
+from voxflow.blocks.schema import closed_schema
 from voxflow.storage.settings import StoreSettings
 
 
 class VoxflowStorage(Block):
     """Where voxflow keeps artifacts and the Parquet catalog."""
+
+    model_config = ConfigDict(json_schema_extra=closed_schema)  # a reference to a saved Block is not one
 
     _block_type_name = "voxflow-storage"
     _description = "voxflow artifact store: a local folder or s3://bucket/prefix on any S3-compatible endpoint."

@@ -48,7 +48,8 @@ def test_task_runs_name_stage_and_file_and_logs_say_what_happened(tmp_path, use_
     )
     line = next(m for m in logs if m.startswith("transcribe · jfk.flac: "))
     assert "s of audio" in line and "× real time" in line and "on cpu" in line and "language" in line
-    assert any(m.startswith("diarize · sample.wav: ") and "speakers 2" in m for m in logs)
+    diarized = next(m for m in logs if m.startswith("diarize · sample.wav: "))
+    assert "speakers 2" in diarized and "model pyannote/speaker-diarization-community-1" in diarized
     assert any("random-weight test models in" in m and "output is noise" in m for m in logs)
     assert not any("record_cache_hit" in m for m in logs)
 

@@ -217,8 +217,9 @@ def _log_computed(spec: StageSpec, parameters: dict[str, Any], result: Any, elap
     if audio_s:
         facts.append(f"{audio_s:.1f} s of audio, {audio_s / max(elapsed_s, 1e-6):.1f}× real time")
     facts.append(f"on {device}")
-    if spec.model_revision:
-        facts.append(f"model {spec.model_revision}")
+    model = getattr(parameters.get("options"), "model", None) or spec.model_revision
+    if model:
+        facts.append(f"model {model}")
     summary = getattr(result, "summary", None)
     if callable(summary):
         facts += [f"{k} {v}" for k, v in summary().items() if k not in HIDDEN_SUMMARY and v not in (None, "")]
