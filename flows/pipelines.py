@@ -36,6 +36,7 @@ from voxflow.tasks.kit.stage import artifact_refs, file_label
 
 MAX_THREADS = 32  # the flows' task-runner bound; parallelism is set per run by ``parallel_files``
 DEFAULT_PARALLEL_FILES = min(4, os.cpu_count() or 1)
+UNKNOWN = {"unexpected_keyword_argument": "not an option of this flow (a typo?)"}  # pydantic's words, a user's
 STATUS_WORDS = {"skipped": "already processed", "waiting": "still being written"}  # what users read, everywhere
 ROW_ERROR_CHARS = 60  # a summary row's error, cut to fit the table (the whole one: the run's state, its Markdown)
 MARKDOWN_FILES = 200  # files listed in a run's Markdown artifact (failed ones first)
@@ -84,7 +85,9 @@ class FilePipeline:
             return TypeAdapter(self.options_type).validate_python(params or {})
         except (ValidationError, ValueError, TypeError) as e:
             reason = (
-                "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                "; ".join(
+                    f"{'.'.join(map(str, err['loc']))}: {UNKNOWN.get(err['type'], err['msg'])}" for err in e.errors()
+                )
                 if isinstance(e, ValidationError)
                 else str(e)
             )

@@ -161,3 +161,24 @@ def test_report_and_status_after_a_run_with_a_broken_file(run_cli, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     blue = np.all(np.abs(pixels.astype(int) - BAR_BLUE) <= 3, axis=1).mean()
     assert blue > 0.002, f"the stage bars are not on the rendered page ({blue:.4%} of pixels)"
+
+
+def test_status_reads_each_files_progress_from_its_task_run_names():
+    from voxflow.flows.cli.runs import file_progress
+
+    runs = [  # as the API lists them: "<stage> · <file>", "-<key>" on a run that never started
+        ("ingest · a.wav", "COMPLETED"),
+        ("synthesize · a.wav", "COMPLETED"),
+        ("synthesize · a.wav", "RUNNING"),  # voice-replace runs it once per line
+        ("reconstruct · a.wav-3f2", "PENDING"),
+        ("ingest · b.wav", "FAILED"),
+        ("transcribe · b.wav-0ab", "PENDING"),
+        ("ingest · c.wav", "COMPLETED"),
+    ]
+    rows = file_progress([{"name": n, "state_type": t, "created": i} for i, (n, t) in enumerate(runs)])
+    assert [(r["file"], r["progress"], r["now"]) for r in rows] == [
+        ("a.wav", "33%", "synthesize (running)"),
+        ("b.wav", "0%", "ingest (failed)"),
+        ("c.wav", "100%", "finished"),
+    ]
+    assert rows[0]["stages"] == "ingest:done synthesize:running reconstruct:pending"

@@ -7,10 +7,12 @@ The screenshots land in the test's folder, and in ``$VOXFLOW_UI_SHOTS`` when set
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -88,19 +90,17 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         form = browse(f"{ui}/deployments/deployment/{folder['id']}/run", shots / "form-ingest-folder.png")
         assert re.search(r"\(e\.g\. \*/\*\.wav ?\)", form) and '{"sample_rate_hz": 16000}' in form
 
-        # the Block parameters: Prefect's Block picker, here on a deployment whose default is a saved Block
-        picker = (
-            "from voxflow.blocks import VoxflowStorage\nfrom voxflow.flows.ingest import ingest\n"
-            "block = VoxflowStorage(location='picked'); block.save('my-store')\n"
-            "ref = {'$ref': {'block_document_id': str(block._block_document_id)}}\n"
-            "print(ingest.to_deployment(name='ingest-my-store', parameters={'storage_block': ref}).apply())\n"
-        )
-        made = subprocess.run(
-            [str(BIN / "python"), "-c", picker], env=env, cwd=tmp_path, capture_output=True, text=True
-        )
-        assert made.returncode == 0, made.stderr
-        form = browse(f"{ui}/deployments/deployment/{made.stdout.strip()}/run", shots / "form-block-picker.png")
+        # the Block parameters: Prefect's Block picker, here with a saved Block picked (as the form's link
+        # with ?parameters= prefills it), and the form's own validation of that choice
+        save = "from voxflow.blocks import VoxflowStorage\nprint(VoxflowStorage(location='picked').save('my-store'))"
+        saved = subprocess.run([str(BIN / "python"), "-c", save], env=env, capture_output=True, text=True, check=True)
+        picked = {"storage_block": {"$ref": {"block_document_id": saved.stdout.strip()}}}
+        ingest = servers.deployment(env, "ingest/ingest")
+        link = f"{ui}/deployments/deployment/{ingest['id']}/run?parameters={urllib.parse.quote(json.dumps(picked))}"
+        form = browse(link, shots / "form-block-picker.png")
         assert re.search(r"storage_block .* VoxflowStorage str None .*my-store Add", form)
+        schema = {"schema": ingest["parameter_openapi_schema"], "values": {"paths": ["x.wav"], **picked}}
+        assert servers.api_post(env, "/ui/schemas/validate", schema)["valid"] is True
 
         # voxflow report --artifact: the same report as a Markdown artifact, its plots rendered in the UI
         report = subprocess.run(

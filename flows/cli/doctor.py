@@ -96,26 +96,23 @@ def check_packages(args: argparse.Namespace) -> Iterator[Finding]:
         yield Finding("model packages", "ok", f"the model stacks import ({len(MODEL_PACKAGES)} packages)")
 
 
+PROGRAMS = {  # program: why a user wants it, how to install it
+    "ffmpeg": (
+        "voxflow decodes through PyAV and does not need it, but pyannote's torchcodec and the model libraries'"
+        " own file loaders (whisper, demucs) do",
+        "sudo apt-get install ffmpeg (Debian/Ubuntu), brew install ffmpeg (macOS), conda install ffmpeg",
+    ),
+    "sox": (
+        "qwen-tts warns about it on every start",
+        "sudo apt-get install sox (Debian/Ubuntu), brew install sox (macOS)",
+    ),
+}
+
+
 def check_programs(args: argparse.Namespace) -> Iterator[Finding]:
-    if shutil.which("ffmpeg"):
-        yield Finding("ffmpeg", "ok", shutil.which("ffmpeg") or "")
-    else:
-        yield Finding(
-            "ffmpeg",
-            "warn",
-            "not on PATH: voxflow decodes through PyAV and does not need it, but pyannote's torchcodec and the"
-            " model libraries' own file loaders (whisper, demucs) do",
-            "sudo apt-get install ffmpeg (Debian/Ubuntu), brew install ffmpeg (macOS), conda install ffmpeg",
-        )
-    if shutil.which("sox"):
-        yield Finding("sox", "ok", shutil.which("sox") or "")
-    else:
-        yield Finding(
-            "sox",
-            "warn",
-            "not on PATH: qwen-tts warns about it on every start",
-            "sudo apt-get install sox (Debian/Ubuntu), brew install sox (macOS)",
-        )
+    for program, (why, fix) in PROGRAMS.items():
+        path = shutil.which(program)
+        yield Finding(program, "ok", path) if path else Finding(program, "warn", f"not on PATH: {why}", fix)
 
 
 def _model_settings(args: argparse.Namespace):

@@ -19,6 +19,7 @@ from voxflow.flows.cli.common import add_store_options, print_rows
 
 RECENT_RUNS = 10
 DONE, RUNNING, FAILED, WAITING = "done", "running", "failed", "pending"
+PRECEDENCE = (FAILED, RUNNING, WAITING, DONE)  # a stage's state among its runs on one file: the first found
 STATE_OF = {  # a Prefect state type: what it means for a stage of a file
     "COMPLETED": DONE,
     "RUNNING": RUNNING,
@@ -50,8 +51,8 @@ def file_progress(task_runs: list[dict]) -> list[dict]:
         stage, _, file = NOT_STARTED_SUFFIX.sub("", run["name"]).partition(" · ")
         state = STATE_OF.get(run["state_type"], WAITING)
         stages = files.setdefault(file or "(run)", {})
-        if stages.get(stage) != FAILED:  # a stage run many times (one per line) stays failed once it failed
-            stages[stage] = state if stage not in stages or state in (FAILED, RUNNING) else stages[stage]
+        # a stage run many times on a file (voice-replace: once per line) is as far as its least advanced run
+        stages[stage] = min(stages.get(stage, DONE), state, key=PRECEDENCE.index)
     rows = []
     for file, stages in files.items():
         done = sum(state == DONE for state in stages.values())

@@ -56,7 +56,9 @@ class Options:
     """Base of options dataclasses: fields are checked against their declaration on construction; their form
     in the UI has titles with units and descriptions shown as written."""
 
-    __pydantic_config__ = ConfigDict(field_title_generator=option_title, json_schema_extra=_markdown_descriptions)
+    __pydantic_config__ = ConfigDict(  # an unknown option (a typo) is an error, never silently dropped
+        extra="forbid", field_title_generator=option_title, json_schema_extra=_markdown_descriptions
+    )
 
     def __post_init__(self) -> None:
         for name, adapter in _adapters(type(self)).items():
