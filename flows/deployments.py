@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from voxflow.flows.registry import FLOWS, FlowEntry
+from voxflow.flows.registry import FLOWS, INGEST_FOLDER, PER_FILE, FlowEntry, flow_entry
 
 DEFAULT_INBOX = "inbox"
 WORK_POOL = "voxflow"
@@ -50,13 +50,38 @@ def deployment(entry: FlowEntry, inbox: str, cron: str | None = None, interval_s
         options["schedule"] = Interval(interval_s) if watcher and interval_s else Cron((watcher and cron) or entry.cron)
     if entry.one_run_at_a_time:  # a tick that finds the previous run still working is cancelled
         options["concurrency_limit"] = _concurrency()
-    return entry.load().to_deployment(
+    served = entry.load().to_deployment(
         name=entry.name,
         description=entry.description,
         tags=list(entry.tags),
         entrypoint_type=EntrypointType.MODULE_PATH,
         **options,
     )
+    if entry is INGEST_FOLDER:  # the form's params: one typed form per pipeline, not raw JSON
+        # Prefect builds the schema from the signature (params: dict, so that the flow imports no pipeline);
+        # RunnerDeployment keeps it in a private attribute, which Prefect's own code edits the same way
+        served._parameter_openapi_schema = type(served._parameter_openapi_schema)(
+            **typed_params(served._parameter_openapi_schema.model_dump())
+        )
+    return served
+
+
+def typed_params(schema: dict[str, Any]) -> dict[str, Any]:
+    """``ingest-folder``'s schema with ``params`` as a choice among the per-file flows' options forms."""
+    from pydantic import TypeAdapter
+
+    definitions = schema.setdefault("definitions", {})
+    choices = []
+    for name in PER_FILE:
+        options_type = flow_entry(name).pipeline().options_type
+        form = TypeAdapter(options_type).json_schema(ref_template="#/definitions/{model}")
+        definitions.update(form.pop("$defs", {}))
+        definitions[options_type.__name__] = form
+        choices.append({"$ref": f"#/definitions/{options_type.__name__}", "title": f"{name} options"})
+    params = schema["properties"]["params"]
+    params.pop("type", None)
+    params["anyOf"] = [*choices, {"type": "null"}]
+    return schema
 
 
 def deployments(inbox: str | None = None, cron: str | None = None, interval_s: float | None = None) -> list:

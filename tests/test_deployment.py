@@ -11,6 +11,7 @@ import pytest
 from tests import servers
 from tests.conftest import CORPUS
 from tests.servers import BIN, deployment, run_deployment, voxflow_serve
+from voxflow.flows import registry
 from voxflow.flows.registry import FLOWS
 from voxflow.storage.catalog import Catalog
 from voxflow.storage.store import LocalStore
@@ -55,6 +56,8 @@ def test_served_deployments_run_from_the_prefect_cli(prefect_server, tmp_path, t
         schema = folder["parameter_openapi_schema"]["properties"]
         assert schema["pattern"]["default"] == "*" and "fnmatch" in schema["pattern"]["description"]
         assert "ingest" in str(schema["pipeline"]) and schema["parallel_files"]["minimum"] == 1
+        choices = [c.get("title") for c in schema["params"]["anyOf"]]  # a typed form per pipeline
+        assert choices == [f"{name} options" for name in registry.PER_FILE] + [None]
         for name in ("speech.wav", "speech_bab_0dB.wav"):
             (inbox / name).write_bytes((CORPUS / "denoise_babble" / name).read_bytes())
         run_deployment(env, "ingest-folder/ingest-folder", "parallel_files=2", 'params={"sample_rate_hz": 8000}')

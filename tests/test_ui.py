@@ -89,6 +89,11 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         folder = servers.deployment(env, "ingest-folder/ingest-folder")
         form = browse(f"{ui}/deployments/deployment/{folder['id']}/run", shots / "form-ingest-folder.png")
         assert re.search(r"\(e\.g\. \*/\*\.wav ?\)", form) and '{"sample_rate_hz": 16000}' in form
+        # params: a typed form per pipeline (a link's ?parameters= prefills the transcribe one)
+        prefill = urllib.parse.quote(json.dumps({"pipeline": "transcribe", "params": {"run_denoise": True}}))
+        form = browse(f"{ui}/deployments/deployment/{folder['id']}/run?parameters={prefill}", shots / "form-params.png")
+        assert "IngestOptions TranscribeFlowOptions SeparateFlowOptions LipsyncFlowOptions VoiceReplaceOptions" in form
+        assert "Run denoise (Optional)" in form and "Chunk (s)" in form
 
         # the Block parameters: Prefect's Block picker, here with a saved Block picked (as the form's link
         # with ?parameters= prefills it), and the form's own validation of that choice
@@ -120,4 +125,5 @@ def test_run_page_artifacts_and_forms_in_a_browser(tmp_path, tiny_models):
         )
         assert any(doc["block_type"]["slug"] == "voxflow-results" for doc in anonymous)
     names = ["run.png", "summary.png", "files.png", "form-transcribe.png", "form-ingest-folder.png", "blocks.png"]
-    assert sorted(p.name for p in shots.iterdir()) == sorted([*names, "report-artifact.png", "form-block-picker.png"])
+    names += ["report-artifact.png", "form-block-picker.png", "form-params.png"]
+    assert sorted(p.name for p in shots.iterdir()) == sorted(names)
