@@ -36,7 +36,7 @@ def test_corpus_then_everything_already_processed(tmp_path, use_store):
     artifacts = _artifacts_of_run(first)
     assert artifacts["ingest-folder-progress"].data == 100.0
     table = artifacts["ingest-folder-summary"]
-    assert "jfk.flac" in str(table.data) and "audio.wav" in str(table.data)  # one row per file, its outputs
+    assert "asr_en_jfk/jfk.flac" in str(table.data)  # one row per file (its outputs: the files artifact)
     files = artifacts["ingest-folder-files"].data  # where each output is: a path on a local store
     assert f"`{tmp_path / 'store'}/artifacts/" in files and "/ingest/" in files and "file://" not in files
 
