@@ -56,6 +56,11 @@ RUN_IMPORTS = (  # what a flow run imports on its way (Prefect's engines, its pa
 )
 
 
+def asks_api(command: str | None, argv: Sequence[str]) -> bool:
+    """Whether a command that runs no flow still asks the Prefect API (status; report --artifact)."""
+    return command == "status" or (command == "report" and "--artifact" in argv)
+
+
 def quiet_prefect(verbose: bool) -> None:
     """Keep Prefect's console logs (and their tracebacks) off the terminal unless -v; the API keeps them."""
     if not verbose:
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for module in (f"voxflow.flows.{RUNS_FLOWS[command].module}", *RUN_IMPORTS):
                 importlib.import_module(module)
             server.wait_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-        elif command in RUNS_FLOWS:  # Prefect may start its ephemeral server after all: it must not outlive us
+        elif command in RUNS_FLOWS or asks_api(command, argv):  # Prefect may start its ephemeral server: tie it
             from voxflow.flows.ephemeral import tie_ephemeral_server
 
             tie_ephemeral_server()
