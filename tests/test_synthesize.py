@@ -106,13 +106,18 @@ class Recorder:
 def test_the_builder_is_deterministic_and_the_folders_load_without_missing_weights(folder, tmp_path):
     from safetensors.torch import load_file
 
+    from voxflow.tasks.kit.models import RANDOM_WEIGHTS_MARKER
     from voxflow.tasks.testing import random_models
 
     root = folder / LIBRARY
     rebuilt = random_models.build("qwen_tts", tmp_path, "tiny", seed=0)
     digest = {p.relative_to(tmp_path / LIBRARY): hashlib.sha256(p.read_bytes()).hexdigest() for p in rebuilt}
+    marker = root / RANDOM_WEIGHTS_MARKER  # beside the models: they are random (voxflow doctor and the logs say so)
+    assert marker.read_text().startswith("random-weight tiny test models")
     assert digest == {
-        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+        p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and p != marker
     }
     assert len(digest) == 3 * 9 and not any(p.is_symlink() for p in root.rglob("*"))  # copies, not links
     kinds = {}
