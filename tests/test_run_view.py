@@ -119,3 +119,16 @@ def test_outputs_on_a_local_store_are_paths_and_failed_files_say_why(tmp_path, u
         state = client.read_flow_run(flow_run_id).state
     assert state.type.value == "FAILED" and state.name == "Partially failed"
     assert "failed: broken <take 1>.wav: ingest:" in state.message
+
+
+def test_a_stage_function_called_as_is_outside_prefect_still_runs_and_records(tmp_path):
+    """The plain-Python route (bench/bench_e2e.py's baseline): no task run, so no run logger, and no error."""
+    from voxflow.storage.catalog import Catalog
+    from voxflow.storage.store import open_store
+    from voxflow.tasks.ingest import IngestOptions, ingest_file
+
+    settings = StoreSettings(location=str(tmp_path / "store"))
+    result = ingest_file.fn(str(JFK), IngestOptions(), settings)
+    assert result.summary()["duration_s"] == 11.0
+    (row,) = Catalog(open_store(settings)).frame("stage_runs").to_dict("records")
+    assert row["file"] == "jfk.flac" and row["audio_s"] == pytest.approx(11.0) and row["status"] == "completed"

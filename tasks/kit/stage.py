@@ -36,6 +36,7 @@ from prefect import Task, task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 from prefect.transactions import IsolationLevel
 
@@ -209,9 +210,10 @@ def _task_run_name(spec: StageSpec, input_names: tuple[str, ...]) -> Callable[..
 
 def _log_computed(spec: StageSpec, parameters: dict[str, Any], result: Any, elapsed_s: float, device: str) -> None:
     """One line a user reads in the run's logs: the stage, the file, the time (× real time), the device and
-    what the result says (language, speakers, ...)."""
-    from prefect.logging import get_run_logger
-
+    what the result says (language, speakers, ...). Nothing outside a task run (a stage function called as is)."""
+    context = TaskRunContext.get()
+    if context is None:
+        return
     facts = [f"{elapsed_s:.1f} s"]
     audio_s = _audio_s(parameters)
     if audio_s:
@@ -224,7 +226,7 @@ def _log_computed(spec: StageSpec, parameters: dict[str, Any], result: Any, elap
     if callable(summary):
         facts += [f"{k} {v}" for k, v in summary().items() if k not in HIDDEN_SUMMARY and v not in (None, "")]
     logger = get_run_logger()
-    logger.info("%s: %s", TaskRunContext.get().task_run.name, ", ".join(facts))
+    logger.info("%s: %s", context.task_run.name, ", ".join(facts))
     models = parameters.get("models")
     randoms = random_weight_libraries(models) if models is not None else []
     if randoms:
@@ -263,8 +265,6 @@ def _record_cache_hit(spec: StageSpec, input_names: tuple[str, ...]) -> Callable
             file=file,
             audio_s=audio_s or _audio_s(state.result()),
         )
-        from prefect.logging import get_run_logger
-
         get_run_logger().info("%s: cached (computed before, key %s)", task_run.name, identity.cache_key[:12])
         now = datetime.now(UTC)
         catalog = Catalog(shared_store(parameters["settings"]))
