@@ -152,3 +152,32 @@ def test_default_location_is_voxflow_home(monkeypatch, tmp_path):
     monkeypatch.delenv("VOXFLOW_HOME")
     monkeypatch.chdir(tmp_path)
     assert open_store(StoreSettings.from_env()).root == tmp_path / ".voxflow"
+
+
+def test_a_killed_writers_partial_file_is_removed_at_once_a_live_ones_is_kept(local_store):
+    """A writer's partial file is locked from the moment it has its name, so the next run removes what a process
+    killed a second ago left, without waiting out a grace period, and never a live writer's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    writer = (
+        "import sys, time\nfrom voxflow.storage.store import LocalStore\n"
+        "store = LocalStore(sys.argv[1])\n"
+        "with store.staged('a/b.wav') as f:\n    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    live = subprocess.Popen([sys.executable, "-c", writer, str(local_store.root)], stdout=subprocess.PIPE, text=True)
+    killed = subprocess.Popen([sys.executable, "-c", writer, str(local_store.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == killed.stdout.readline() == "writing\n"
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        started = time.monotonic()
+        assert len(list(local_store.staging.glob("*.partial"))) == 2
+        assert local_store.remove_stale_partials() == 1  # the killed one, a moment after its death
+        assert len(list(local_store.staging.glob("*.partial"))) == 1 and time.monotonic() - started < 5
+    finally:
+        live.kill()
+        live.wait()
