@@ -35,8 +35,7 @@ from voxflow.storage.settings import StoreSettings, voxflow_home
 CHUNK_BYTES = 1 << 20
 TMP_PREFIX = ".tmp-"
 PARTIAL_SUFFIX = ".partial"
-CREATING_SUFFIX = ".creating"  # a partial file between its creation and its lock (microseconds)
-PARTIAL_GRACE_S = 10.0  # how old a .creating file must be before a cleaner takes it for a killed writer's
+PARTIAL_GRACE_S = 10.0  # how old an empty partial file must be before a cleaner takes it for a killed writer's
 STAGING_FOLDER = f"{TMP_PREFIX}staging"
 TRANSIENT_S3_CODES = ("SlowDown", "Throttling", "RequestTimeout", "BadDigest", "XAmzContentSHA256Mismatch")
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 5, 60  # per S3 request (boto3 and delta-rs)
@@ -64,31 +63,26 @@ def sha256_file(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def _held_partial(path: Path) -> Iterator[BinaryIO]:
-    """Create ``path`` for writing, held with ``flock`` until the block ends, then remove it.
-
-    The file is created under a ``.creating`` name, locked, then renamed to ``path``: a ``.partial`` file
-    is locked from the moment it exists, so a cleaner may remove every unlocked one at once (a process
-    killed a second ago left it), with no grace period to wait out."""
-    creating = path.with_name(path.name + CREATING_SUFFIX)
-    with open(creating, "w+b") as f:
+    """Create ``path`` for writing, held with ``flock`` until the block ends, then remove it."""
+    with open(path, "w+b") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            creating.rename(path)
             yield f
         finally:
-            creating.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
 
 
 def _remove_partials(folder: Path) -> int:
-    """Remove the ``.tmp-*.partial`` files below ``folder`` whose writer is gone (no lock held on them), and
-    the ``.creating`` ones untouched for ``PARTIAL_GRACE_S`` (a writer locks and renames them at once)."""
+    """Remove the ``.tmp-*.partial`` files below ``folder`` whose writer is gone: no lock held on them, and
+    either holding bytes (so its writer had locked it: a process killed a second ago left it) or untouched
+    for ``PARTIAL_GRACE_S`` (an empty one may be a writer's between creating it and taking its lock)."""
     if not folder.is_dir():
         return 0
     removed, cutoff = 0, time.time() - PARTIAL_GRACE_S
-    for path in [*folder.rglob(f"{TMP_PREFIX}*{PARTIAL_SUFFIX}"), *folder.rglob(f"{TMP_PREFIX}*{CREATING_SUFFIX}")]:
+    for path in folder.rglob(f"{TMP_PREFIX}*{PARTIAL_SUFFIX}"):
         try:
-            if path.name.endswith(CREATING_SUFFIX) and path.stat().st_mtime > cutoff:
+            info = path.stat()
+            if info.st_size == 0 and info.st_mtime > cutoff:
                 continue
             with open(path, "rb") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live writer
