@@ -113,7 +113,7 @@ def report_json(report: Any, written: dict[str, list[Path]]) -> str:
     """The run as one JSON document: its summary, then each file's row, outputs, written paths and lines."""
     files = [
         {
-            **{k: v for k, v in outcome.row().items() if k != "outputs"},
+            **outcome.row(),
             "outputs": outcome.every_output,
             "written": [str(p) for p in written.get(outcome.name, [])],
             "lines": list(outcome.lines),
