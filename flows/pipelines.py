@@ -97,6 +97,11 @@ class FilePipeline:
         return params_hash({"pipeline": self.name, "options": options}, code_version=self.version)
 
 
+def named_outputs(result: Any) -> list[tuple[str, str]]:
+    """(artifact file name, URI) of every artifact in a stage's result."""
+    return [(ref.uri.rsplit("/", 1)[-1], ref.uri) for ref in artifact_refs(result)]
+
+
 @dataclass(frozen=True)
 class FileOutcome:
     """One file's outcome: ``done`` (some stage computed), ``cached`` (every stage a cache hit),
@@ -126,7 +131,7 @@ class FileOutcome:
     @property
     def outputs(self) -> dict[str, str]:
         """Artifact URIs of the final result, by artifact file name."""
-        return {ref.uri.rsplit("/", 1)[-1]: ref.uri for ref in artifact_refs(self.result)}
+        return dict(named_outputs(self.result))
 
     @property
     def every_output(self) -> dict[str, str]:
@@ -238,7 +243,7 @@ def file_outcome(
     computed = tuple(stage for stage, f in futures.items() if f.state.name != "Cached")
     result = list(futures.values())[-1].result()
     lines = pipeline.describe(result, settings) if pipeline.describe else ()
-    every = tuple((ref.uri.rsplit("/", 1)[-1], ref.uri) for f in futures.values() for ref in artifact_refs(f.result()))
+    every = tuple(pair for f in futures.values() for pair in named_outputs(f.result()))
     status = "done" if computed else "cached"
     return FileOutcome(source_uri, status, result, stages=computed, lines=lines, stage_outputs=every)
 
